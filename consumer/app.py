@@ -1,0 +1,185 @@
+"""build(settings): the one place concrete classes are constructed and wired together.
+
+Units are converted here (ms -> s), library clients are created here, and nothing else reads settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import KafkaException
+from prometheus_client import CollectorRegistry
+
+from consumer import __version__
+from consumer.batcher import Batcher
+from consumer.breaker import CircuitBreaker
+from consumer.clock import Clock, SystemClock
+from consumer.decoder import (
+    Decoder,
+    JsonDecoder,
+    RegistryAvroDecoder,
+    SchemalessAvroDecoder,
+    ValueDecoder,
+    key_source,
+)
+from consumer.dlq import KafkaDeadLetterPublisher
+from consumer.errors import ConfigError, TransientError
+from consumer.health import HealthServer, HealthState
+from consumer.metrics import Metrics
+from consumer.offsets import OffsetTracker
+from consumer.pipeline import Pipeline
+from consumer.registry import SchemaRegistryClient
+from consumer.retry import Backoff
+from consumer.runner import Runner
+from consumer.schema import AvroSchema, field_names, load_schema_file, parse_schema
+from consumer.settings import Settings, ValueFormat, WriteMode
+from consumer.sink import SqlSink, create_sink_engine
+from consumer.source import KafkaSource, ensure_topic, partition_count
+from consumer.status import StatusBoard
+
+log = logging.getLogger(__name__)
+
+
+def kafka_client_config(settings: Settings) -> dict[str, Any]:
+    """Properties shared by every Kafka client: brokers, security, and KAFKA_EXTRA__* passthrough."""
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.require_bootstrap(),
+        "security.protocol": settings.kafka_security_protocol.value,
+    }
+    if settings.kafka_sasl_mechanism:
+        config["sasl.mechanism"] = settings.kafka_sasl_mechanism
+    if settings.kafka_sasl_username:
+        config["sasl.username"] = settings.kafka_sasl_username
+    if settings.kafka_sasl_password is not None:
+        config["sasl.password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka_ssl_ca_location is not None:
+        config["ssl.ca.location"] = str(settings.kafka_ssl_ca_location)
+    for name, value in settings.kafka_extra.items():
+        config[name.lower().replace("_", ".")] = value
+    return config
+
+
+def consumer_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "group.id": settings.consumer_group_id,
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",  # a new group sinks the whole topic, as a sink connector would
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
+        **kafka_client_config(settings),
+    }
+
+
+def build_value_decoder(settings: Settings) -> tuple[ValueDecoder, list[str] | None]:
+    """The value decoder and the field names known at start (None when the fields are not known)."""
+    reader: AvroSchema | None = load_schema_file(settings.schema_file) if settings.schema_file else None
+    if settings.value_format is ValueFormat.JSON:
+        return JsonDecoder(reader), field_names(reader) if reader is not None else None
+    if settings.schema_registry_url:
+        registry = SchemaRegistryClient(settings.schema_registry_url)
+        initial = reader if reader is not None else _latest_registry_schema(registry, settings)
+        decoder = RegistryAvroDecoder(registry, reader, initial)
+        return decoder, field_names(initial) if initial is not None else None
+    assert reader is not None  # Settings requires SCHEMA_FILE for avro without a registry
+    return SchemalessAvroDecoder(reader), field_names(reader)
+
+
+def _latest_registry_schema(registry: SchemaRegistryClient, settings: Settings) -> AvroSchema | None:
+    subject = f"{settings.consumer_topics[0]}-value"
+    try:
+        latest = registry.latest(subject)
+    except TransientError as exc:
+        log.warning("schema registry not answering at start; columns follow the first records",
+                    extra={"error": str(exc)})
+        return None
+    if latest is None:
+        return None
+    try:
+        return parse_schema(latest[1])
+    except ValueError as exc:
+        raise ConfigError(f"SCHEMA_REGISTRY_URL: latest schema of {subject} is not usable: {exc}") from None
+
+
+@dataclass
+class Application:
+    runner: Runner
+    health: HealthState
+    server: HealthServer
+    metrics: Metrics
+    closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def run(self) -> int:
+        self.server.start()
+        try:
+            return self.runner.run()
+        finally:
+            for close in reversed(self.closers):
+                close()
+            self.server.close()
+
+
+def build(settings: Settings, stop: threading.Event, clock: Clock | None = None) -> Application:
+    clock = clock or SystemClock()
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, settings.consumer_topics)
+    health = HealthState(clock, settings.liveness_window_s)
+    status = StatusBoard(health, __version__, settings.masked())
+    values, fields = build_value_decoder(settings)
+    decoder = Decoder(values, key_source(settings.idempotency_key, fields), settings.idempotency_key,
+                      settings.max_record_bytes)
+    sink = SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file), settings.sink_table,
+                   upsert=settings.sink_write_mode is WriteMode.UPSERT)
+    client_config = kafka_client_config(settings)
+    _ensure_dead_letter_topic(client_config, settings)
+    try:
+        source = KafkaSource(consumer_config(settings), settings.consumer_topics)
+        publisher = KafkaDeadLetterPublisher(client_config, settings.dead_letter_topic,
+                                             settings.consumer_group_id, clock)
+    except KafkaException as exc:
+        raise ConfigError(f"KAFKA_EXTRA: {exc.args[0].str()}") from None
+    _prepare_sink(sink, decoder, health)
+    runner = Runner(
+        source=source,
+        batcher=Batcher(settings.batch_max_records, settings.batch_max_bytes, settings.batch_max_wait_ms / 1000,
+                        clock),
+        pipeline=Pipeline(decoder, sink, publisher, settings.sink_write_mode is WriteMode.UPSERT, clock),
+        offsets=OffsetTracker(),
+        breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_timeout_ms / 1000, clock),
+        backoff=Backoff(settings.retry_backoff_initial_ms / 1000, settings.retry_backoff_max_ms / 1000),
+        metrics=metrics,
+        health=health,
+        status=status,
+        clock=clock,
+        shutdown_timeout_s=settings.shutdown_timeout_ms / 1000,
+        stop=stop,
+    )
+    server = HealthServer(settings.metrics_port, registry, health)
+    return Application(runner, health, server, metrics, closers=[publisher.close, sink.close])
+
+
+def _ensure_dead_letter_topic(config: dict[str, Any], settings: Settings) -> None:
+    try:
+        partitions = partition_count(config, settings.consumer_topics[0]) or 1
+        ensure_topic(config, settings.dead_letter_topic, partitions)
+    except TransientError as exc:
+        # The producer will retry; a missing topic then shows as delivery failures and blocks commits.
+        log.warning("could not check the dead-letter topic at start", extra={"error": str(exc)})
+
+
+def _prepare_sink(sink: SqlSink, decoder: Decoder, health: HealthState) -> None:
+    """Create or evolve the table now when the columns are known; a database that is down is waited for
+    by the runner (the first batch retries), a fatal error stops the start."""
+    columns = decoder.columns()
+    try:
+        sink.ping()
+        if columns:
+            sink.prepare(columns)
+        health.sink_ok = True
+    except TransientError as exc:
+        log.warning("sink not answering at start; batches will wait for it", extra={"error": str(exc)})

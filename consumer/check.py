@@ -1,0 +1,56 @@
+"""`check`: validate the configuration, then reach every dependency once; exit 0 when all answer, 1 if not."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from consumer.app import build_value_decoder, kafka_client_config
+from consumer.errors import ConsumerError
+from consumer.registry import SchemaRegistryClient
+from consumer.settings import Settings
+from consumer.sink import SqlSink, create_sink_engine
+from consumer.source import partition_count
+
+
+def run_check(settings: Settings) -> int:
+    config = kafka_client_config(settings)  # raises ConfigError without KAFKA_BOOTSTRAP_SERVERS
+    build_value_decoder(settings)  # schema file parsed, key field checked: ConfigError if wrong
+    checks: list[tuple[str, Callable[[], str]]] = [
+        *((f"topic {topic}", _topic_check(config, topic)) for topic in settings.consumer_topics),
+        ("sink", lambda: _sink_check(settings)),
+    ]
+    if settings.schema_registry_url:
+        checks.append(("schema registry", lambda: _registry_check(settings.schema_registry_url or "")))
+    failed = 0
+    for name, check in checks:
+        try:
+            print(f"ok    {name}: {check()}")
+        except ConsumerError as exc:
+            failed += 1
+            print(f"FAIL  {name}: {exc}")
+    return 1 if failed else 0
+
+
+def _topic_check(config: dict[str, object], topic: str) -> Callable[[], str]:
+    def check() -> str:
+        partitions = partition_count(config, topic, timeout_s=10)
+        if partitions is None:
+            raise ConsumerError("the topic does not exist")
+        return f"{partitions} partitions"
+
+    return check
+
+
+def _sink_check(settings: Settings) -> str:
+    sink = SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file), settings.sink_table,
+                   upsert=False)
+    try:
+        sink.ping()
+    finally:
+        sink.close()
+    return "answers"
+
+
+def _registry_check(url: str) -> str:
+    SchemaRegistryClient(url, timeout_s=10).latest("__microbatch_consumer_check__")
+    return "answers"

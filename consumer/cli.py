@@ -1,0 +1,101 @@
+"""Command line: `run`, `check`, `demo`. Exit codes: 0 clean stop, 2 configuration error, 1 anything else.
+
+The package's only broad `except Exception` lives here, in `main`, to turn an unforeseen failure into one
+logged line and exit code 1 instead of a bare traceback (as arroyo's StreamProcessor.run does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from consumer import __version__
+from consumer.errors import ConfigError, PermanentError
+from consumer.logs import configure
+from consumer.settings import Settings, load_settings
+
+log = logging.getLogger("consumer")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+_EPILOG = """examples:
+  CONSUMER_TOPICS=events SCHEMA_FILE=schemas/event.avsc KAFKA_BOOTSTRAP_SERVERS=localhost:9092 consumer run
+  consumer check            # validate settings, reach the broker, the sink and the schema; exit 0/1
+  consumer demo --records 2000
+settings are environment variables (or a .env file); see the README for every one."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consumer", description="Kafka micro-batches into a SQL table, exactly once in effect.",
+        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="consume, batch, sink, commit until SIGTERM/SIGINT",
+                        epilog="example: consumer run", formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands.add_parser("check", help="validate configuration and connectivity; exit 0 ok, 1 not, 2 config",
+                        epilog="example: consumer check")
+    demo = commands.add_parser(
+        "demo", help="the whole job on an embedded broker and SQLite, with a summary",
+        epilog="examples:\n  consumer demo\n  consumer demo --records 20000 --keep-running",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--records", type=int, default=5000, help="events to produce (default 5000)")
+    demo.add_argument("--keep-running", action="store_true", help="keep serving until Ctrl-C")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from consumer.demo import run_demo
+
+            return run_demo(records=args.records, keep_running=args.keep_running)
+        settings = load_settings()
+        configure(settings.log_level.value, settings.log_format.value)
+        if args.command == "check":
+            from consumer.check import run_check
+
+            return run_check(settings)
+        return _run(settings)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except PermanentError as exc:
+        log.error("stopping: %s", exc, extra={"error_class": type(exc).__name__})
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+    except Exception:  # the one catch-all: log once, exit 1 (the runner committed nothing it had not sunk)
+        log.exception("stopping on an unexpected error")
+        return EXIT_FAILURE
+
+
+def _run(settings: Settings) -> int:
+    from consumer.app import build
+
+    settings.require_bootstrap()
+    log.info("starting", extra={"version": __version__, "settings": settings.masked()})
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    return build(settings, stop).run()
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGTERM/SIGINT ask for a graceful stop; a second one while stopping is ignored (the shutdown
+    timeout bounds the stop)."""
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        if not stop.is_set():
+            log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)

@@ -1,0 +1,139 @@
+"""Dead letters: publish poison records with the contract's headers, acknowledged before any commit.
+
+The producer is idempotent (acks=all), and a letter still in flight when a publish times out is not
+produced again on the retry of the same batch, so a slow broker does not double dead letters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from typing import Any, Protocol
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from consumer.clock import Clock
+from consumer.errors import BrokerUnavailableError, FatalError
+from consumer.records import DeadLetter
+
+log = logging.getLogger(__name__)
+
+HEADER_PREFIX = "dlq."
+Coordinates = tuple[str, int, int]
+
+
+class DeadLetterSink(Protocol):
+    def publish(self, letters: Sequence[DeadLetter]) -> None:
+        """Return once every letter is acknowledged by the broker; raise BrokerUnavailableError (retry the
+        batch) or FatalError. Safe to call again with the same letters."""
+
+    def close(self) -> None: ...
+
+
+class _State(Enum):
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+def dead_letter_headers(letter: DeadLetter, group_id: str, failed_at: dt.datetime) -> list[tuple[str, bytes]]:
+    """Original headers (minus an earlier failure's dlq.* ones) plus this failure's dlq.* headers."""
+    record = letter.record
+    previous_attempts = 0
+    kept: list[tuple[str, bytes]] = []
+    for name, value in record.headers:
+        if name.startswith(HEADER_PREFIX):
+            if name == "dlq.attempts" and value:
+                previous_attempts = _int_or_zero(value)
+            continue
+        kept.append((name, value if value is not None else b""))
+    ours = {
+        "dlq.original.topic": record.topic,
+        "dlq.original.partition": str(record.partition),
+        "dlq.original.offset": str(record.offset),
+        "dlq.original.timestamp": str(record.timestamp_ms),
+        "dlq.stage": letter.stage.value,
+        "dlq.error.class": letter.error_class,
+        "dlq.error.message": letter.message[:2000],
+        "dlq.consumer.group": group_id,
+        "dlq.failed.at": failed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "dlq.attempts": str(previous_attempts + letter.attempts),
+    }
+    return kept + [(name, value.encode("utf-8")) for name, value in ours.items()]
+
+
+def _int_or_zero(value: bytes) -> int:
+    try:
+        return int(value.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return 0
+
+
+class KafkaDeadLetterPublisher:
+    def __init__(
+        self, config: Mapping[str, Any], topic: str, group_id: str, clock: Clock, flush_timeout_s: float = 30.0
+    ) -> None:
+        self._producer = Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        self._topic = topic
+        self._group_id = group_id
+        self._clock = clock
+        self._flush_timeout_s = flush_timeout_s
+        self._states: dict[Coordinates, _State] = {}
+        self._last_error: KafkaError | None = None
+
+    def publish(self, letters: Sequence[DeadLetter]) -> None:
+        if not letters:
+            return
+        failed_at = dt.datetime.fromtimestamp(self._clock.wall(), tz=dt.UTC)
+        wanted = []
+        for letter in letters:
+            record = letter.record
+            coordinates = (record.topic, record.partition, record.offset)
+            wanted.append(coordinates)
+            if self._states.get(coordinates) in (None, _State.FAILED):
+                self._produce(letter, coordinates, failed_at)
+        self._await(wanted)
+
+    def _produce(self, letter: DeadLetter, coordinates: Coordinates, failed_at: dt.datetime) -> None:
+        def delivered(error: KafkaError | None, _message: Message) -> None:
+            self._states[coordinates] = _State.FAILED if error else _State.DELIVERED
+            if error:
+                self._last_error = error
+
+        self._states[coordinates] = _State.PENDING
+        while True:
+            try:
+                self._producer.produce(
+                    self._topic, value=letter.record.value, key=letter.record.key,
+                    headers=dead_letter_headers(letter, self._group_id, failed_at), on_delivery=delivered,
+                )
+                return
+            except BufferError:  # local queue full: let deliveries drain, then try again
+                self._producer.poll(0.1)
+            except KafkaException as exc:
+                raise FatalError(f"dead-letter produce: {exc.args[0].str()}") from None
+
+    def _await(self, wanted: list[Coordinates]) -> None:
+        deadline = self._clock.monotonic() + self._flush_timeout_s
+        while any(self._states.get(c) is _State.PENDING for c in wanted):
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                raise BrokerUnavailableError(f"dead-letter topic {self._topic}: not acknowledged in time")
+            self._producer.flush(min(remaining, 1.0))
+        failed = [c for c in wanted if self._states.get(c) is _State.FAILED]
+        if failed:
+            error = self._last_error
+            if error is not None and error.fatal():
+                raise FatalError(f"dead-letter delivery: {error.str()}")
+            raise BrokerUnavailableError(
+                f"dead-letter delivery failed for {len(failed)} records: {error.str() if error else 'unknown'}"
+            )
+        for coordinates in wanted:
+            del self._states[coordinates]
+
+    def close(self) -> None:
+        remaining = self._producer.flush(5.0)
+        if remaining:
+            log.warning("dead-letter producer closed with undelivered records", extra={"count": remaining})

@@ -1,0 +1,104 @@
+"""HTTP on METRICS_PORT: /metrics, /healthz (the loop polled recently), /readyz (joined, sink answered,
+not held), /status (a JSON snapshot the runner publishes; the live consumer is never touched here)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from consumer.clock import Clock
+
+log = logging.getLogger(__name__)
+
+
+class HealthState:
+    """What the probes read. Written by the runner's thread, read by the HTTP threads; plain attribute
+    assignments of immutable values, so no lock is needed."""
+
+    def __init__(self, clock: Clock, liveness_window_s: float) -> None:
+        self._clock = clock
+        self._liveness_window_s = liveness_window_s
+        self._last_beat = clock.monotonic()
+        self.joined = False
+        self.sink_ok = False
+        self.breaker_open = False
+        self.guard_tripped = False
+        self.shutting_down = False
+        self.status: dict[str, Any] = {}
+
+    def beat(self) -> None:
+        self._last_beat = self._clock.monotonic()
+
+    def live(self) -> bool:
+        return self._clock.monotonic() - self._last_beat <= self._liveness_window_s
+
+    def not_ready_because(self) -> str | None:
+        if self.shutting_down:
+            return "shutting down"
+        if not self.joined:
+            return "not joined to the consumer group yet"
+        if not self.sink_ok:
+            return "the sink has not answered yet"
+        if self.breaker_open:
+            return "circuit breaker open"
+        if self.guard_tripped:
+            return "dead-letter guard tripped"
+        return None
+
+
+class HealthServer:
+    def __init__(self, port: int, registry: CollectorRegistry, state: HealthState) -> None:
+        handler = _handler(registry, state)
+        self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> None:
+        self._thread.start()
+        log.info("serving metrics and health", extra={"port": self.port})
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _handler(registry: CollectorRegistry, state: HealthState) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                live = state.live()
+                self._send_json(200 if live else 503, {"status": "ok" if live else "poll loop stalled"})
+            elif path == "/readyz":
+                reason = state.not_ready_because()
+                self._send_json(503 if reason else 200, {"status": reason or "ready"})
+            elif path == "/status":
+                self._send_json(200, state.status)
+            else:
+                self._send_json(404, {"error": "not found"})
+
+        def _send_json(self, code: int, body: Any) -> None:
+            self._send(code, json.dumps(body, default=str).encode("utf-8"), "application/json")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+            pass  # scrapes every few seconds would drown the logs
+
+    return Handler

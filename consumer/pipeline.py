@@ -1,0 +1,118 @@
+"""Pipeline.process(batch): decode, write, dead-letter; imports no Kafka and no SQL.
+
+Thread-agnostic on purpose: the runner calls it on a worker thread so polling never waits on the sink.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from consumer.clock import Clock
+from consumer.decoder import Decoder
+from consumer.dlq import DeadLetterSink
+from consumer.errors import RecordRejectedError
+from consumer.records import Batch, BatchResult, DeadLetter, DecodedRecord, Stage, TopicCounts
+from consumer.sink import Sink
+
+
+@dataclass(frozen=True, slots=True)
+class Collapsed:
+    """A batch's records with one per idempotency key; `runners_up` are the others, best first."""
+
+    winners: list[DecodedRecord]
+    runners_up: dict[str, list[DecodedRecord]]
+
+
+def collapse_duplicates(records: Sequence[DecodedRecord], upsert: bool) -> Collapsed:
+    """`insert` keeps the first (lowest offset) record per key, `upsert` the last (highest)."""
+    by_key: dict[str, list[DecodedRecord]] = {}
+    for record in records:
+        by_key.setdefault(record.key, []).append(record)
+    winners = []
+    runners_up = {}
+    for key, group in by_key.items():
+        ordered = group[::-1] if upsert else group
+        winners.append(ordered[0])
+        if len(ordered) > 1:
+            runners_up[key] = ordered[1:]
+    return Collapsed(winners, runners_up)
+
+
+@dataclass(slots=True)
+class _Written:
+    sunk: Counter[str]
+    duplicate: Counter[str]
+    rejected: list[DeadLetter]
+
+
+class Pipeline:
+    def __init__(self, decoder: Decoder, sink: Sink, dead_letters: DeadLetterSink, upsert: bool, clock: Clock):
+        self._decoder = decoder
+        self._sink = sink
+        self._dead_letters = dead_letters
+        self._upsert = upsert
+        self._clock = clock
+
+    def process(self, batch: Batch) -> BatchResult:
+        """1. decode, setting poison aside  2. collapse duplicate keys  3. write the rest, isolating rows the
+        database rejects  4. publish poison to the dead-letter topic and wait for its acknowledgement
+        5. hand back next offsets; the runner commits them only after 3 and 4 succeeded.
+        Transient and fatal errors propagate; only record-level failures are dead-lettered."""
+        started = self._clock.monotonic()
+        decoded = self._decoder.decode_batch(batch.records)
+        collapsed = collapse_duplicates(decoded.decoded, self._upsert)
+        decoded_at = self._clock.monotonic()
+        self._sink.prepare(self._decoder.columns())
+        written = self._write(collapsed)
+        sunk_at = self._clock.monotonic()
+        poison = decoded.dead_letters + written.rejected
+        self._dead_letters.publish(poison)
+        counts: dict[str, TopicCounts] = {}
+        for topic, n in decoded.skipped.items():
+            counts.setdefault(topic, TopicCounts()).skipped += n
+        for letter in poison:
+            counts.setdefault(letter.record.topic, TopicCounts()).dlq += 1
+        for topic, n in written.sunk.items():
+            counts.setdefault(topic, TopicCounts()).sunk += n
+        for topic, n in written.duplicate.items():
+            counts.setdefault(topic, TopicCounts()).duplicate += n
+        return BatchResult(
+            batch=batch, next_offsets=batch.next_offsets(), counts=counts, dead_letters=len(poison),
+            decode_seconds=decoded_at - started, sink_seconds=sunk_at - decoded_at,
+        )
+
+    def _write(self, collapsed: Collapsed) -> _Written:
+        written = _Written(Counter(), Counter(), [])
+        pending = collapsed.winners
+        runners_up = {key: list(group) for key, group in collapsed.runners_up.items()}
+        while pending:
+            rejected = self._write_isolating(pending, written)
+            # A rejected row does not win its key: the next record with that key gets its turn.
+            pending = [runners_up[r.key].pop(0) for r, _ in rejected if runners_up.get(r.key)]
+            written.rejected.extend(
+                DeadLetter(r.raw, Stage.SINK, type(err).__name__, str(err)) for r, err in rejected
+            )
+        for group in runners_up.values():
+            for record in group:
+                written.duplicate[record.raw.topic] += 1
+        return written
+
+    def _write_isolating(
+        self, records: list[DecodedRecord], written: _Written
+    ) -> list[tuple[DecodedRecord, RecordRejectedError]]:
+        """Write `records`; when the database rejects the batch for a row's sake, bisect down to the bad
+        rows (O(k log n) transactions for k bad rows in n) and return them with their errors."""
+        try:
+            result = self._sink.write(records)
+        except RecordRejectedError as exc:
+            if len(records) == 1:
+                return [(records[0], exc)]
+            middle = len(records) // 2
+            return self._write_isolating(records[:middle], written) + self._write_isolating(
+                records[middle:], written
+            )
+        written.sunk.update(result.written)
+        written.duplicate.update(result.duplicates())
+        return []

@@ -1,0 +1,121 @@
+"""Values that flow through the pipeline: frozen, slotted, no behaviour beyond small derived facts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+TopicPartition = tuple[str, int]
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
+class CloseReason(StrEnum):
+    """Why a batch closed; the `reason` label of consumer_batches_closed_total."""
+
+    RECORDS = "records"
+    BYTES = "bytes"
+    TIME = "time"
+    REVOKE = "revoke"
+    SHUTDOWN = "shutdown"
+
+
+class Stage(StrEnum):
+    """Where a record failed; the `dlq.stage` header."""
+
+    DECODE = "decode"
+    VALIDATE = "validate"
+    TRANSFORM = "transform"
+    SINK = "sink"
+
+
+@dataclass(frozen=True, slots=True)
+class RawRecord:
+    """One Kafka message as polled, before decoding."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.value) if self.value is not None else 0
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedRecord:
+    """A record ready for the sink: its idempotency key and its row (column name -> value)."""
+
+    raw: RawRecord
+    key: str
+    row: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records closed together; per-partition order is the polling order."""
+
+    batch_id: int
+    records: Sequence[RawRecord]
+    close_reason: CloseReason
+    value_bytes: int
+    opened_at: float  # monotonic seconds when its first record arrived
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def next_offsets(self) -> dict[TopicPartition, int]:
+        """The offset to commit per partition once every record of the batch is handled."""
+        offsets: dict[TopicPartition, int] = {}
+        for record in self.records:
+            offsets[(record.topic, record.partition)] = record.offset + 1
+        return offsets
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """A record on its way to the dead-letter topic, with why."""
+
+    record: RawRecord
+    stage: Stage
+    error_class: str
+    message: str
+    attempts: int = 1
+
+
+@dataclass(slots=True)
+class TopicCounts:
+    """Outcome counts for one topic in one batch."""
+
+    sunk: int = 0
+    duplicate: int = 0
+    dlq: int = 0
+    skipped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What a sink write did, per topic: rows offered and rows actually written (the rest were present)."""
+
+    attempted: Mapping[str, int]
+    written: Mapping[str, int]
+
+    def duplicates(self) -> dict[str, int]:
+        return {topic: n - self.written.get(topic, 0) for topic, n in self.attempted.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """What processing a batch did; the runner commits `next_offsets` only after it is returned."""
+
+    batch: Batch
+    next_offsets: dict[TopicPartition, int]
+    counts: dict[str, TopicCounts] = field(default_factory=dict)
+    dead_letters: int = 0
+    decode_seconds: float = 0.0
+    sink_seconds: float = 0.0

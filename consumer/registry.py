@@ -1,0 +1,55 @@
+"""A small client for a Confluent-compatible schema registry: schemas by id, cached forever.
+
+Schema ids are immutable in a registry, so a cache by id never goes stale.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from typing import Any
+
+from consumer.errors import RegistryUnavailableError
+
+
+class SchemaNotFound(LookupError):
+    """The registry answered that it has no schema with that id."""
+
+
+class SchemaRegistryClient:
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self._url = url.rstrip("/")
+        self._timeout_s = timeout_s
+        self._by_id: dict[int, Any] = {}
+
+    def schema(self, schema_id: int) -> Any:
+        """The schema JSON registered under `schema_id`; raises SchemaNotFound or RegistryUnavailableError."""
+        cached = self._by_id.get(schema_id)
+        if cached is None:
+            body = self._get(f"/schemas/ids/{schema_id}")
+            cached = json.loads(body["schema"])
+            self._by_id[schema_id] = cached
+        return cached
+
+    def latest(self, subject: str) -> tuple[int, Any] | None:
+        """The latest (id, schema) of a subject, or None when the subject does not exist."""
+        try:
+            body = self._get(f"/subjects/{subject}/versions/latest")
+        except SchemaNotFound:
+            return None
+        return int(body["id"]), json.loads(body["schema"])
+
+    def _get(self, path: str) -> Any:
+        request = urllib.request.Request(
+            self._url + path, headers={"Accept": "application/vnd.schemaregistry.v1+json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self._timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                raise SchemaNotFound(path) from None
+            raise RegistryUnavailableError(f"schema registry answered {exc.code} for {path}") from None
+        except (urllib.error.URLError, OSError, ValueError) as exc:
+            raise RegistryUnavailableError(f"schema registry unreachable: {exc}") from None

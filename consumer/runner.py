@@ -1,0 +1,295 @@
+"""Runner: the poll loop. Fill a batch, hand it to the pipeline on a worker thread, commit what came back.
+
+The loop never waits on the database: while a batch is in the sink it keeps polling (so the group
+membership and max.poll.interval.ms survive a slow or absent database), and once a closed batch is
+waiting behind the one in flight it pauses every assigned partition until there is room again.
+At most one batch is in flight and one waits, so memory stays bounded and offsets go out in order.
+Transient failures retry the same batch after a backoff behind the circuit breaker; they never
+dead-letter. Permanent errors end the run without committing.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from consumer.batcher import Batcher
+from consumer.breaker import BreakerState, CircuitBreaker
+from consumer.clock import Clock
+from consumer.errors import TransientError
+from consumer.health import HealthState
+from consumer.metrics import BatchOutcome, BatchStage, Dependency, Metrics, Outcome, RebalanceKind
+from consumer.offsets import OffsetTracker
+from consumer.pipeline import Pipeline
+from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
+from consumer.retry import Backoff
+from consumer.source import KafkaSource
+from consumer.status import StatusBoard
+
+log = logging.getLogger(__name__)
+
+_IDLE_POLL_S = 0.2  # longest poll while nothing is due: bounds how late a stop or a retry is noticed
+
+
+@dataclass(slots=True)
+class _InFlight:
+    batch: Batch
+    future: Future[BatchResult]
+
+
+class Runner:
+    def __init__(
+        self,
+        source: KafkaSource,
+        batcher: Batcher,
+        pipeline: Pipeline,
+        offsets: OffsetTracker,
+        breaker: CircuitBreaker,
+        backoff: Backoff,
+        metrics: Metrics,
+        health: HealthState,
+        status: StatusBoard,
+        clock: Clock,
+        shutdown_timeout_s: float,
+        stop: threading.Event,
+    ) -> None:
+        self._source = source
+        self._batcher = batcher
+        self._pipeline = pipeline
+        self._offsets = offsets
+        self._breaker = breaker
+        self._backoff = backoff
+        self._metrics = metrics
+        self._health = health
+        self._status = status
+        self._clock = clock
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._stop = stop
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
+        self._waiting: deque[Batch] = deque()
+        self._in_flight: _InFlight | None = None
+        self._retry_at = 0.0
+        self._paused: set[TopicPartition] = set()
+        self._abandoned = False  # set when a stop gives up on the batch in hand: callbacks must not retry it
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Consume until the stop event is set; return the exit code (0 clean, 1 batch left uncommitted)."""
+        self._source.subscribe(self)
+        try:
+            while not self._stop.is_set():
+                self._turn()
+            return self._shut_down()
+        finally:
+            self._worker.shutdown(wait=False, cancel_futures=True)
+
+    def _turn(self) -> None:
+        records = self._source.poll(self._batcher.room(), self._poll_timeout())
+        self._health.beat()
+        self._waiting.extend(self._batcher.add(records))
+        due = self._batcher.close_if_due()
+        if due is not None:
+            self._waiting.append(due)
+        self._advance()
+        self._hold_or_release()
+
+    def _poll_timeout(self) -> float:
+        until_due = self._batcher.seconds_until_due()
+        return _IDLE_POLL_S if until_due is None else min(until_due, _IDLE_POLL_S)
+
+    def _advance(self) -> None:
+        """Collect a finished batch, then start the next one if the breaker and the backoff allow."""
+        if self._in_flight is not None and self._in_flight.future.done():
+            in_flight, self._in_flight = self._in_flight, None
+            self._collect(in_flight)
+        if self._in_flight is None and self._waiting and self._may_try():
+            batch = self._waiting.popleft()
+            self._in_flight = _InFlight(batch, self._worker.submit(self._pipeline.process, batch))
+        elif self._offsets.pending() and self._in_flight is None:
+            self._commit()  # an earlier commit was refused; try again while idle
+
+    def _may_try(self) -> bool:
+        return self._clock.monotonic() >= self._retry_at and self._breaker.allows()
+
+    def _collect(self, in_flight: _InFlight) -> None:
+        try:
+            result = in_flight.future.result()
+        except TransientError as exc:
+            self._retry_later(in_flight.batch, exc)
+            return
+        self._breaker_success()
+        self._backoff.reset()
+        self._offsets.handled(result.next_offsets)
+        self._commit(result)
+
+    def _retry_later(self, batch: Batch, exc: TransientError) -> None:
+        """Keep the batch in hand (first in line) and try again after a backoff; never dead-letter it."""
+        self._waiting.appendleft(batch)
+        delay = self._backoff.next_delay()
+        self._retry_at = self._clock.monotonic() + delay
+        self._breaker.record_failure()
+        self._publish_breaker()
+        self._metrics.batches_total.labels(BatchOutcome.RETRIED.value).inc()
+        self._metrics.sink_retries_total.labels(type(exc).__name__).inc()
+        self._status.error(exc)
+        if self._backoff.failures == 1:  # one warning per incident, not one per retry
+            log.warning("batch failed, retrying", extra={"batch_id": batch.batch_id, "error_class":
+                        type(exc).__name__, "error": str(exc), "retry_in_s": round(delay, 3)})
+
+    def _breaker_success(self) -> None:
+        if self._breaker.state is not BreakerState.CLOSED:
+            log.info("sink recovered, circuit breaker closed")
+        self._breaker.record_success()
+        self._publish_breaker()
+        self._health.sink_ok = True
+
+    def _publish_breaker(self) -> None:
+        state = self._breaker.state
+        self._metrics.circuit_breaker_state.labels(Dependency.SINK.value).set(int(state))
+        if state is BreakerState.OPEN and not self._health.breaker_open:
+            log.warning("circuit breaker open", extra={"probe_in_s": round(self._breaker.seconds_until_probe(), 3)})
+        self._health.breaker_open = state is BreakerState.OPEN
+        self._status.breaker(state, self._breaker.changed_at)
+
+    def _commit(self, result: BatchResult | None = None) -> None:
+        started = self._clock.monotonic()
+        pending = self._offsets.pending()
+        outcome = self._source.commit(pending)
+        self._offsets.committed(outcome.committed)
+        if outcome.refused:
+            self._metrics.commit_failures_total.inc()
+            log.warning("offset commit refused; records will be replayed harmlessly if the partition moved",
+                        extra={"during_rebalance": outcome.during_rebalance, "errors": sorted(
+                            set(outcome.refused.values()))})
+        if result is not None:
+            self._observe(result, self._clock.monotonic() - started)
+        if outcome.committed:
+            now = self._clock.wall()
+            self._metrics.last_commit_timestamp_seconds.set(now)
+            for (topic, partition), offset in outcome.committed.items():
+                self._metrics.committed_offset.labels(topic, str(partition)).set(offset)
+                high = self._source.high_watermark((topic, partition))
+                if high is not None:
+                    self._metrics.lag_records.labels(topic, str(partition)).set(max(0, high - offset))
+            self._status.committed(outcome.committed, now)
+
+    def _observe(self, result: BatchResult, commit_seconds: float) -> None:
+        """Batch-level metric updates only: the hot path does no per-record metric work."""
+        m, batch = self._metrics, result.batch
+        for topic, counts in result.counts.items():
+            for outcome, n in ((Outcome.SUNK, counts.sunk), (Outcome.DUPLICATE, counts.duplicate),
+                               (Outcome.DLQ, counts.dlq), (Outcome.SKIPPED, counts.skipped)):
+                if n:
+                    m.records_total.labels(topic, outcome.value).inc(n)
+        m.batches_total.labels(BatchOutcome.COMMITTED.value).inc()
+        m.batch_records.observe(len(batch))
+        m.batch_bytes.observe(batch.value_bytes)
+        m.batches_closed_total.labels(batch.close_reason.value).inc()
+        m.batch_duration_seconds.labels(BatchStage.DECODE.value).observe(result.decode_seconds)
+        m.batch_duration_seconds.labels(BatchStage.SINK.value).observe(result.sink_seconds)
+        m.batch_duration_seconds.labels(BatchStage.COMMIT.value).observe(commit_seconds)
+        m.batch_duration_seconds.labels(BatchStage.TOTAL.value).observe(self._clock.monotonic() - batch.opened_at)
+        now_ms = self._clock.wall() * 1000
+        oldest: dict[TopicPartition, int] = {}
+        for record in (batch.records[0], batch.records[-1]):  # the oldest and newest: latency's spread
+            if record.timestamp_ms >= 0:
+                oldest.setdefault((record.topic, record.partition), record.timestamp_ms)
+                m.end_to_end_latency_seconds.observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
+        self._status.batch(result)
+        log.debug("batch committed", extra={"batch_id": batch.batch_id, "records": len(batch),
+                                            "reason": batch.close_reason.value})
+
+    # --- back-pressure -----------------------------------------------------------------------------
+    def _hold_or_release(self) -> None:
+        """Pause everything while a closed batch waits (sink busy, retrying or breaker open); resume after."""
+        hold = bool(self._waiting)
+        assigned = self._offsets.assigned
+        if hold:
+            newly = assigned - self._paused
+            self._source.pause(newly)
+            self._paused |= newly
+        elif self._paused:
+            self._source.resume(self._paused & assigned)
+            self._paused.clear()
+        self._metrics.paused_partitions.set(len(self._paused))
+
+    # --- rebalance callbacks (polling thread, inside poll) -----------------------------------------
+    def on_assigned(self, partitions: list[TopicPartition]) -> None:
+        self._metrics.rebalances_total.labels(RebalanceKind.ASSIGN.value).inc()
+        self._offsets.assign(partitions)
+        for topic, partition in partitions:
+            self._metrics.partition_assigned(topic, partition)
+        self._health.joined = True
+        self._status.assignment(self._offsets.assigned)
+        if partitions:
+            log.info("partitions assigned", extra={"partitions": _names(partitions)})
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Write and commit everything in hand for the revoked partitions before returning."""
+        self._metrics.rebalances_total.labels(RebalanceKind.REVOKE.value).inc()
+        if partitions:
+            log.info("partitions revoked", extra={"partitions": _names(partitions)})
+        revoked = self._batcher.take(partitions, CloseReason.REVOKE)
+        if revoked is not None:
+            self._waiting.append(revoked)
+        if not self._abandoned and not self._finish_in_hand(self._clock.monotonic() + self._shutdown_timeout_s):
+            log.error("could not commit the records in hand before the revoke; the next owner replays them")
+        self._release(partitions)
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        """Drop what is in hand for lost partitions, uncommitted: their new owner replays them."""
+        self._metrics.rebalances_total.labels(RebalanceKind.LOST.value).inc()
+        dropped = self._batcher.drop(partitions)
+        log.warning("partitions lost", extra={"partitions": _names(partitions), "dropped": dropped})
+        self._release(partitions)
+
+    def _release(self, partitions: list[TopicPartition]) -> None:
+        self._offsets.forget(partitions)
+        self._paused.difference_update(partitions)
+        for topic, partition in partitions:
+            self._metrics.partition_released(topic, partition)
+        self._status.assignment(self._offsets.assigned)
+
+    # --- stopping ----------------------------------------------------------------------------------
+    def _finish_in_hand(self, deadline: float) -> bool:
+        """Process and commit the in-flight and waiting batches, retrying transient failures until
+        `deadline`; True when nothing is left in hand. Runs on the polling thread without polling:
+        used inside a revoke callback and at shutdown."""
+        while (self._in_flight is not None or self._waiting) and self._clock.monotonic() < deadline:
+            remaining = deadline - self._clock.monotonic()
+            if self._in_flight is not None and not self._in_flight.future.done():
+                wait([self._in_flight.future], timeout=min(remaining, _IDLE_POLL_S))
+                continue
+            self._advance()
+            if self._in_flight is None and self._waiting and not self._may_try():
+                wake = max(self._retry_at, self._clock.monotonic() + self._breaker.seconds_until_probe())
+                self._clock.sleep(max(0.0, min(wake, deadline) - self._clock.monotonic()))
+        return self._in_flight is None and not self._waiting
+
+    def _shut_down(self) -> int:
+        self._health.shutting_down = True
+        deadline = self._clock.monotonic() + self._shutdown_timeout_s
+        last = self._batcher.flush(CloseReason.SHUTDOWN)
+        if last is not None:
+            self._waiting.append(last)
+        log.info("stopping: finishing the batch in hand", extra={"batches": len(self._waiting) + bool(
+            self._in_flight)})
+        finished = self._finish_in_hand(deadline)
+        if finished and self._offsets.pending():
+            self._commit()
+        if not finished or self._offsets.pending():
+            log.error("shutdown timeout ran out before the batch in hand was committed; "
+                      "its records stay uncommitted and will be replayed")
+            self._abandoned = True
+            self._source.close()
+            return 1
+        self._source.close()
+        log.info("stopped cleanly")
+        return 0
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{topic}/{partition}" for topic, partition in partitions]

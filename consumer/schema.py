@@ -1,0 +1,194 @@
+"""Avro schemas as the sink sees them: one column per top-level field, and how to turn values into cells.
+
+The type mapping follows a Kafka Connect JDBC sink (see the contract's "Sink table"). Complex values
+(record, array, map, multi-branch unions) become JSON text in which decimals and timestamps are strings
+and bytes are base64, so the same row fits PostgreSQL (JSONB) and SQLite (TEXT).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import decimal
+import json
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from fastavro.schema import SchemaParseException
+
+from consumer.errors import ConfigError
+
+AvroSchema = Any  # a parsed fastavro schema: dicts, lists and strings all the way down
+
+
+class ColumnKind(StrEnum):
+    INTEGER = "integer"
+    BIGINT = "bigint"
+    FLOAT = "float"
+    DOUBLE = "double"
+    BOOLEAN = "boolean"
+    TEXT = "text"
+    BINARY = "binary"
+    TIMESTAMP = "timestamp"
+    DATE = "date"
+    TIME = "time"
+    DECIMAL = "decimal"
+    UUID = "uuid"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """One sink column derived from a top-level field."""
+
+    name: str
+    kind: ColumnKind
+    nullable: bool
+    precision: int | None = None
+    scale: int | None = None
+
+
+Converter = Callable[[Any], Any]
+
+
+def load_schema_file(path: Path) -> AvroSchema:
+    """Parse an .avsc file; a broken one is a configuration error naming SCHEMA_FILE."""
+    try:
+        return parse_schema(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, SchemaParseException) as exc:
+        raise ConfigError(f"SCHEMA_FILE: cannot read Avro schema {str(path)!r}: {exc}") from None
+
+
+def parse_schema(schema: Any) -> AvroSchema:
+    parsed = fastavro.parse_schema(schema)
+    if not isinstance(parsed, dict) or parsed.get("type") != "record":
+        raise ValueError("the value schema must be an Avro record")
+    return parsed
+
+
+def columns_of(schema: AvroSchema) -> list[ColumnSpec]:
+    return [_column(field["name"], field["type"]) for field in schema["fields"]]
+
+
+def field_names(schema: AvroSchema) -> list[str]:
+    return [field["name"] for field in schema["fields"]]
+
+
+def _column(name: str, avro_type: Any) -> ColumnSpec:
+    branches = avro_type if isinstance(avro_type, list) else [avro_type]
+    non_null = [branch for branch in branches if branch != "null"]
+    nullable = len(non_null) < len(branches)
+    if len(non_null) != 1:
+        return ColumnSpec(name, ColumnKind.JSON, nullable)
+    kind, precision, scale = _kind(non_null[0])
+    return ColumnSpec(name, kind, nullable, precision, scale)
+
+
+def _kind(avro_type: Any) -> tuple[ColumnKind, int | None, int | None]:
+    if isinstance(avro_type, str):
+        return _PRIMITIVES.get(avro_type, ColumnKind.JSON), None, None
+    logical = avro_type.get("logicalType")
+    base = avro_type.get("type")
+    if logical in ("timestamp-millis", "timestamp-micros", "local-timestamp-millis", "local-timestamp-micros"):
+        return ColumnKind.TIMESTAMP, None, None
+    if logical == "date":
+        return ColumnKind.DATE, None, None
+    if logical in ("time-millis", "time-micros"):
+        return ColumnKind.TIME, None, None
+    if logical == "decimal":
+        return ColumnKind.DECIMAL, int(avro_type.get("precision", 38)), int(avro_type.get("scale", 0))
+    if logical == "uuid":
+        return ColumnKind.UUID, None, None
+    if base == "enum":
+        return ColumnKind.TEXT, None, None
+    if base == "fixed":
+        return ColumnKind.BINARY, None, None
+    if isinstance(base, str) and base in _PRIMITIVES:
+        return _PRIMITIVES[base], None, None
+    return ColumnKind.JSON, None, None
+
+
+_PRIMITIVES = {
+    "int": ColumnKind.INTEGER,
+    "long": ColumnKind.BIGINT,
+    "float": ColumnKind.FLOAT,
+    "double": ColumnKind.DOUBLE,
+    "boolean": ColumnKind.BOOLEAN,
+    "string": ColumnKind.TEXT,
+    "bytes": ColumnKind.BINARY,
+}
+
+
+def cell_converters(columns: list[ColumnSpec]) -> dict[str, Converter]:
+    """Converters for the columns whose decoded Python value is not already a cell; others pass as is."""
+    converters: dict[str, Converter] = {}
+    for column in columns:
+        if column.kind is ColumnKind.JSON:
+            converters[column.name] = to_json_text
+        elif column.kind is ColumnKind.UUID:
+            converters[column.name] = _uuid_text
+    return converters
+
+
+def _uuid_text(value: Any) -> Any:
+    return str(value).lower() if value is not None else None
+
+
+def to_json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    return json.dumps(value, default=_json_default, separators=(",", ":"), ensure_ascii=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def key_text(value: Any) -> str | None:
+    """An idempotency key as text: uuids canonical, numbers in decimal, bytes as UTF-8 or hex."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (bytes, bytearray)):
+        return bytes_text(bytes(value))
+    if isinstance(value, (int, decimal.Decimal, uuid.UUID)):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return to_json_text(value)
+
+
+def bytes_text(value: bytes) -> str | None:
+    if not value:
+        return None
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.hex()
+
+
+def merge_columns(known: Mapping[str, ColumnSpec], new: list[ColumnSpec]) -> dict[str, ColumnSpec]:
+    """Columns after a later schema version: fields it adds are nullable (older rows lack them)."""
+    merged = dict(known)
+    for column in new:
+        if column.name not in merged:
+            merged[column.name] = ColumnSpec(column.name, column.kind, True, column.precision, column.scale)
+    return merged

@@ -1,0 +1,228 @@
+"""Settings: one root `BaseSettings`, every field its environment variable, validated once at start.
+
+A `ValidationError` becomes a `ConfigError` naming the variable, which the CLI turns into exit code 2.
+Units stay in the names (`_ms`, `_s`, `_bytes`); conversion happens where components are built.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, FilePath, PositiveInt, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from consumer.errors import ConfigError
+
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_KEY_SOURCE = re.compile(r"^(key|coordinates|field:[A-Za-z_][A-Za-z0-9_]*|header:\S+)$")
+_SECRET_NAMES = ("KAFKA_SASL_PASSWORD",)
+
+
+class ValueFormat(StrEnum):
+    AVRO = "avro"
+    JSON = "json"
+
+
+class WriteMode(StrEnum):
+    INSERT = "insert"
+    UPSERT = "upsert"
+
+
+class LogFormat(StrEnum):
+    JSON = "json"
+    TEXT = "text"
+
+
+class LogLevel(StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class SecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+
+def _comma_list(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """Every setting of the contract (`../shared/CONTRACT.md`); the README documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_nested_delimiter="__", frozen=True, extra="ignore", case_sensitive=False
+    )
+
+    # --- Kafka -------------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(None, description="Broker list; required by `run` and `check`.")
+    kafka_security_protocol: SecurityProtocol = Field(SecurityProtocol.PLAINTEXT, description="security.protocol")
+    kafka_sasl_mechanism: str | None = Field(None, description="sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512.")
+    kafka_sasl_username: str | None = Field(None, description="sasl.username")
+    kafka_sasl_password: SecretStr | None = Field(None, description="sasl.password; never logged.")
+    kafka_ssl_ca_location: FilePath | None = Field(None, description="CA bundle for TLS brokers.")
+    kafka_session_timeout_ms: PositiveInt = Field(45000, description="Consumer group session timeout, ms.")
+    kafka_max_poll_interval_ms: PositiveInt = Field(300000, description="librdkafka max.poll.interval.ms.")
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict, description="KAFKA_EXTRA__<PROPERTY>: any librdkafka property, '.' written '_'."
+    )
+    consumer_topics: Annotated[list[str], NoDecode] = Field(description="Comma-separated topics to consume.")
+    consumer_group_id: str = Field("microbatch-consumer", min_length=1, description="Consumer group id.")
+    dlq_topic: str | None = Field(None, description="Dead-letter topic; defaults to '<first topic>.dlq'.")
+
+    # --- Decoding ----------------------------------------------------------------------------------
+    schema_file: FilePath | None = Field(None, description="Avro schema (.avsc) for schemaless binary values.")
+    schema_registry_url: str | None = Field(None, description="Confluent-compatible registry for wire format.")
+    value_format: ValueFormat = Field(ValueFormat.AVRO, description="`avro` or `json`.")
+    max_record_bytes: PositiveInt = Field(1048576, description="Larger values are dead-lettered undecoded.")
+    idempotency_key: str = Field(
+        "coordinates", description="`field:<name>`, `header:<name>`, `key` or `coordinates`."
+    )
+
+    # --- Sink --------------------------------------------------------------------------------------
+    sink_url: str = Field("sqlite:///./data/sink.db", description="SQLAlchemy URL of the sink database.")
+    sink_table: str = Field("events", description="Table written to; created from the schema if missing.")
+    sink_write_mode: WriteMode = Field(WriteMode.INSERT, description="`insert` or `upsert`.")
+    sink_password_file: FilePath | None = Field(None, description="File holding the sink password.")
+    sink_max_records_per_second: PositiveInt | None = Field(None, description="Optional sink rate limit.")
+
+    # --- Batching ----------------------------------------------------------------------------------
+    batch_max_records: PositiveInt = Field(5000, description="A batch closes at this many records.")
+    batch_max_bytes: PositiveInt = Field(8388608, description="... or at this many value bytes.")
+    batch_max_wait_ms: PositiveInt = Field(500, description="... or when its oldest record waited this long, ms.")
+    batch_target_latency_ms: PositiveInt | None = Field(None, description="Optional adaptive batching target, ms.")
+
+    # --- Resilience --------------------------------------------------------------------------------
+    shutdown_timeout_ms: PositiveInt = Field(30000, description="Time to finish the batch in hand on SIGTERM, ms.")
+    retry_backoff_initial_ms: PositiveInt = Field(200, description="First transient-failure backoff, ms.")
+    retry_backoff_max_ms: PositiveInt = Field(30000, description="Backoff cap, ms.")
+    breaker_failure_threshold: PositiveInt = Field(5, description="Consecutive sink failures that open it.")
+    breaker_reset_timeout_ms: PositiveInt = Field(10000, description="Time open before a probe, ms.")
+    dlq_max_ratio: float = Field(0.2, gt=0.0, le=1.0, description="Dead-letter guard: max share dead-lettered.")
+    dlq_guard_min_records: PositiveInt = Field(1000, description="Dead-letter guard window, records.")
+
+    # --- Operations --------------------------------------------------------------------------------
+    metrics_port: int = Field(9400, ge=0, le=65535, description="HTTP port for /metrics and health; 0 = any.")
+    liveness_window_s: PositiveInt = Field(60, description="/healthz fails after this long without a poll, s.")
+    log_level: LogLevel = Field(LogLevel.INFO, description="DEBUG, INFO, WARNING or ERROR.")
+    log_format: LogFormat = Field(LogFormat.JSON, description="`json` or `text`.")
+
+    @field_validator("consumer_topics", mode="before")
+    @classmethod
+    def _split_topics(cls, value: Any) -> Any:
+        return _comma_list(value)
+
+    @field_validator("consumer_topics")
+    @classmethod
+    def _topics_present(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one topic is required")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("kafka_security_protocol", mode="before")
+    @classmethod
+    def _upper_protocol(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("sink_table")
+    @classmethod
+    def _table_identifier(cls, value: str) -> str:
+        if not _IDENTIFIER.match(value):
+            raise ValueError("must be a plain SQL identifier: letters, digits and '_', not starting with a digit")
+        return value
+
+    @field_validator("idempotency_key")
+    @classmethod
+    def _key_source(cls, value: str) -> str:
+        if not _KEY_SOURCE.match(value):
+            raise ValueError("must be `field:<name>`, `header:<name>`, `key` or `coordinates`")
+        return value
+
+    @field_validator("sink_url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if "://" not in value:
+            raise ValueError("must be a SQLAlchemy URL such as postgresql+psycopg://user@host/db")
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_shape(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        if self.value_format is ValueFormat.AVRO and not (self.schema_file or self.schema_registry_url):
+            raise ValueError("SCHEMA_FILE: required when VALUE_FORMAT=avro and no SCHEMA_REGISTRY_URL is set")
+        if self.retry_backoff_max_ms < self.retry_backoff_initial_ms:
+            raise ValueError("RETRY_BACKOFF_MAX_MS: must be at least RETRY_BACKOFF_INITIAL_MS")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_mechanism:
+            raise ValueError("KAFKA_SASL_MECHANISM: required when KAFKA_SECURITY_PROTOCOL uses SASL")
+        if self.kafka_max_poll_interval_ms < self.kafka_session_timeout_ms:
+            raise ValueError("KAFKA_MAX_POLL_INTERVAL_MS: must be at least KAFKA_SESSION_TIMEOUT_MS")
+        return self
+
+    # --- derived values ----------------------------------------------------------------------------
+    @property
+    def dead_letter_topic(self) -> str:
+        return self.dlq_topic or f"{self.consumer_topics[0]}.dlq"
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as shown in logs and /status: secrets masked, the sink URL without password."""
+        shown: dict[str, Any] = {}
+        for name, value in self.model_dump().items():
+            env = name.upper()
+            if value is None or env in _SECRET_NAMES:
+                shown[env] = "***" if value is not None else None
+            elif env == "SINK_URL":
+                shown[env] = _mask_url_password(str(value))
+            else:
+                shown[env] = str(value) if isinstance(value, (Path, StrEnum)) else value
+        return shown
+
+    def require_bootstrap(self) -> str:
+        """`run` and `check` need a broker; other commands may not."""
+        if not self.kafka_bootstrap_servers:
+            raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: required (comma-separated host:port list)")
+        return self.kafka_bootstrap_servers
+
+
+def _mask_url_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Build the settings from the environment (and `.env`); raise `ConfigError` naming the bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from None
+
+
+def _describe(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    location = "_".join(str(part) for part in error["loc"]).upper()
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if not location and ":" in message:  # cross-field errors name their variable first
+        return message
+    value = error.get("input")
+    shown = "" if error["type"] == "missing" or isinstance(value, dict) or location in _SECRET_NAMES else (
+        f" (got {str(value)[:80]!r})"
+    )
+    return f"{location or 'settings'}: {message}{shown}"

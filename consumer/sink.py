@@ -1,0 +1,323 @@
+"""The SQL sink (SQLAlchemy Core): create or evolve the table, then write each batch in one transaction.
+
+Writes are idempotent by `_idempotency_key`: `insert` keeps the first write (a replay is a no-op),
+`upsert` keeps the highest offset of a partition (an older replay never overwrites a newer row).
+PostgreSQL gets COPY into a session-temporary staging table plus one set-based INSERT ... SELECT ...
+ON CONFLICT; SQLite gets a multi-row INSERT ... ON CONFLICT. Every driver error leaves this module
+classified by SQLSTATE (or SQLite's result code): transient, record-level, or fatal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+
+from consumer.errors import (
+    ConfigError,
+    ConsumerError,
+    FatalError,
+    RecordRejectedError,
+    SinkUnavailableError,
+)
+from consumer.records import DecodedRecord, WriteResult
+from consumer.schema import ColumnKind, ColumnSpec
+
+log = logging.getLogger(__name__)
+
+KEY_COLUMN = "_idempotency_key"
+META_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", KEY_COLUMN)
+
+# SQLSTATE classes (the first two characters), per the contract's "Records, keys and order".
+_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+_RECORD_CLASSES = frozenset({"22", "23"})
+_FATAL_CLASSES = frozenset({"28", "42"})
+# SQLite result codes (Python 3.11 exposes them as `sqlite_errorname`), same three-way split.
+_SQLITE_RECORD = ("SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_TOOBIG", "SQLITE_RANGE")
+_SQLITE_TRANSIENT = (
+    "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_PROTOCOL",
+    "SQLITE_INTERRUPT",
+)
+
+
+class Sink(Protocol):
+    """Where batches land. Called from one thread at a time; every method may block on the database."""
+
+    def prepare(self, columns: Sequence[ColumnSpec]) -> None:
+        """Create the table or add nullable columns for new fields; a no-op when nothing changed.
+        Raises FatalError (cannot create/alter) or SinkUnavailableError."""
+
+    def write(self, records: Sequence[DecodedRecord]) -> WriteResult:
+        """Write one batch in one transaction; keys are unique within the call; safe to repeat.
+        Raises SinkUnavailableError, RecordRejectedError (some row is bad) or FatalError."""
+
+    def ping(self) -> None:
+        """Answer when the database does; raises like `write`."""
+
+    def close(self) -> None: ...
+
+
+def create_sink_engine(url: str, password_file: Path | None) -> Engine:
+    """An engine for SINK_URL; `postgresql://` means psycopg 3, the driver we ship."""
+    try:
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if password_file is not None:
+            parsed = parsed.set(password=password_file.read_text(encoding="utf-8").strip())
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(f"SINK_URL: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"SINK_PASSWORD_FILE: {exc}") from None
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if url.database and url.database != ":memory:":
+        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets a reader (tests, operators) look while we write; FULL keeps a commit a commit.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    return engine
+
+
+def classify(exc: BaseException) -> ConsumerError:
+    """A driver or SQLAlchemy error as one of ours, by SQLSTATE or SQLite result code."""
+    orig = getattr(exc, "orig", None) or exc
+    message = f"{type(orig).__name__}: {str(orig).strip().splitlines()[0] if str(orig).strip() else ''}"
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return SinkUnavailableError(message)
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if sqlstate:
+        code_class = sqlstate[:2]
+        if code_class in _RECORD_CLASSES:
+            return RecordRejectedError(f"{message} (SQLSTATE {sqlstate})")
+        if code_class in _FATAL_CLASSES:
+            return FatalError(f"{message} (SQLSTATE {sqlstate})")
+        return SinkUnavailableError(f"{message} (SQLSTATE {sqlstate})")
+    sqlite_name = getattr(orig, "sqlite_errorname", None)
+    if sqlite_name:
+        if sqlite_name.startswith(_SQLITE_RECORD):
+            return RecordRejectedError(f"{message} ({sqlite_name})")
+        if sqlite_name.startswith(_SQLITE_TRANSIENT):
+            return SinkUnavailableError(f"{message} ({sqlite_name})")
+        return FatalError(f"{message} ({sqlite_name})")
+    # No code: the connection failed or broke before the server could say why.
+    return SinkUnavailableError(message)
+
+
+def _column_type(column: ColumnSpec) -> sa.types.TypeEngine[Any]:
+    kind = column.kind
+    if kind is ColumnKind.DECIMAL:
+        return sa.Numeric(column.precision, column.scale)
+    if kind is ColumnKind.UUID:
+        return sa.Text().with_variant(postgresql.UUID(as_uuid=False), "postgresql")
+    if kind is ColumnKind.JSON:
+        return sa.Text().with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
+    return _SIMPLE_TYPES[kind]
+
+
+_SIMPLE_TYPES: dict[ColumnKind, sa.types.TypeEngine[Any]] = {
+    ColumnKind.INTEGER: sa.Integer(),
+    ColumnKind.BIGINT: sa.BigInteger(),
+    ColumnKind.FLOAT: sa.Float(precision=24),
+    ColumnKind.DOUBLE: sa.Double(),
+    ColumnKind.BOOLEAN: sa.Boolean(),
+    ColumnKind.TEXT: sa.Text(),
+    ColumnKind.BINARY: sa.LargeBinary(),
+    ColumnKind.TIMESTAMP: sa.DateTime(timezone=True),
+    ColumnKind.DATE: sa.Date(),
+    ColumnKind.TIME: sa.Time(),
+}
+
+
+def _meta_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("_kafka_topic", sa.Text(), nullable=False),
+        sa.Column("_kafka_partition", sa.Integer(), nullable=False),
+        sa.Column("_kafka_offset", sa.BigInteger(), nullable=False),
+        sa.Column("_kafka_timestamp", sa.DateTime(timezone=True), nullable=True),
+        sa.Column(KEY_COLUMN, sa.Text(), primary_key=True),
+    ]
+
+
+def _timestamp(ms: int) -> dt.datetime | None:
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC) if ms >= 0 else None
+
+
+class SqlSink:
+    """SQLAlchemy Core sink for PostgreSQL and SQLite (the dialects we test)."""
+
+    def __init__(self, engine: Engine, table_name: str, upsert: bool) -> None:
+        self._engine = engine
+        self._table_name = table_name
+        self._upsert = upsert
+        self._postgres = engine.dialect.name == "postgresql"
+        self._table: sa.Table | None = None
+        self._value_names: list[str] = []
+        self._prepared: frozenset[ColumnSpec] | None = None
+        self._statement: Any = None
+        self._stage_version = 0
+
+    # --- schema --------------------------------------------------------------------------------------
+    def prepare(self, columns: Sequence[ColumnSpec]) -> None:
+        wanted = frozenset(columns)
+        if wanted == self._prepared:
+            return
+        with self._translated(), self._engine.begin() as conn:
+            table = self._create_or_evolve(conn, list(columns))
+        self._table = table
+        self._value_names = [c.name for c in columns if c.name in table.c and c.name not in META_COLUMNS]
+        self._stage_version += 1
+        self._statement = self._build_statement(table)
+        self._prepared = wanted
+
+    def _create_or_evolve(self, conn: Connection, columns: list[ColumnSpec]) -> sa.Table:
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(self._table_name):
+            table = sa.Table(
+                self._table_name, sa.MetaData(),
+                *[sa.Column(c.name, _column_type(c), nullable=c.nullable) for c in columns
+                  if c.name not in META_COLUMNS],
+                *_meta_columns(),
+            )
+            table.create(conn, checkfirst=True)
+            log.info("created sink table", extra={"table": self._table_name, "columns": len(table.c)})
+            return table
+        existing = {column["name"] for column in inspector.get_columns(self._table_name)}
+        missing = [c for c in columns if c.name not in existing and c.name not in META_COLUMNS]
+        for column in missing:
+            self._add_column(conn, column)
+        absent_meta = [name for name in META_COLUMNS if name not in existing]
+        if absent_meta:
+            raise FatalError(f"table {self._table_name!r} lacks the columns {absent_meta}")
+        return sa.Table(self._table_name, sa.MetaData(), autoload_with=conn)
+
+    def _add_column(self, conn: Connection, column: ColumnSpec) -> None:
+        preparer = conn.dialect.identifier_preparer
+        column_type = _column_type(column).compile(dialect=conn.dialect)
+        conn.exec_driver_sql(
+            f"ALTER TABLE {preparer.quote(self._table_name)} ADD COLUMN {preparer.quote(column.name)} {column_type}"
+        )
+        log.info("added sink column", extra={"table": self._table_name, "column": column.name})
+
+    def _build_statement(self, table: sa.Table) -> Any:
+        names = [*self._value_names, *META_COLUMNS]
+        if self._postgres:
+            stage = sa.Table(self._stage_name(), sa.MetaData(), *[sa.Column(n, table.c[n].type) for n in names])
+            staged = sa.select(*[stage.c[n] for n in names]).where(stage.c._kafka_topic == sa.bindparam("topic"))
+            insert: Any = postgresql.insert(table).from_select(names, staged)
+            # Compiled once to SQL text: an Insert construct's CursorResult reports rowcount -1 on psycopg 3,
+            # while the same SQL through exec_driver_sql counts the rows written, which we need.
+        else:
+            insert = sqlite.insert(table)
+        statement = self._conflict_clause(table, insert, names)
+        return str(statement.compile(dialect=self._engine.dialect)) if self._postgres else statement
+
+    def _conflict_clause(self, table: sa.Table, insert: Any, names: list[str]) -> Any:
+        if not self._upsert:
+            return insert.on_conflict_do_nothing(index_elements=[KEY_COLUMN])
+        excluded = insert.excluded
+        replay_or_older = sa.and_(
+            table.c._kafka_topic == excluded._kafka_topic,
+            table.c._kafka_partition == excluded._kafka_partition,
+            table.c._kafka_offset >= excluded._kafka_offset,
+        )
+        return insert.on_conflict_do_update(
+            index_elements=[KEY_COLUMN],
+            set_={name: excluded[name] for name in names if name != KEY_COLUMN},
+            where=sa.not_(replay_or_older),
+        )
+
+    def _stage_name(self) -> str:
+        return f"_mbc_stage_{self._stage_version}"
+
+    # --- writing -------------------------------------------------------------------------------------
+    def write(self, records: Sequence[DecodedRecord]) -> WriteResult:
+        if self._table is None:
+            raise FatalError("sink written before prepare()")
+        by_topic: dict[str, list[DecodedRecord]] = {}
+        for record in records:
+            by_topic.setdefault(record.raw.topic, []).append(record)
+        with self._translated(), self._engine.begin() as conn:
+            if self._postgres:
+                written = self._write_postgres(conn, records, list(by_topic))
+            else:
+                written = {topic: self._write_sqlite(conn, group) for topic, group in by_topic.items()}
+        return WriteResult(attempted={t: len(g) for t, g in by_topic.items()}, written=written)
+
+    def _write_sqlite(self, conn: Connection, records: Sequence[DecodedRecord]) -> int:
+        names = self._value_names
+        rows = []
+        for record in records:
+            raw, row = record.raw, record.row
+            values = {name: row.get(name) for name in names}
+            values["_kafka_topic"] = raw.topic
+            values["_kafka_partition"] = raw.partition
+            values["_kafka_offset"] = raw.offset
+            values["_kafka_timestamp"] = _timestamp(raw.timestamp_ms)
+            values[KEY_COLUMN] = record.key
+            rows.append(values)
+        return int(conn.execute(self._statement, rows).rowcount)
+
+    def _write_postgres(self, conn: Connection, records: Sequence[DecodedRecord], topics: list[str]) -> dict[str, int]:
+        """COPY the batch into the staging table, then one INSERT ... SELECT per topic (so the rows written
+        are counted per topic), all in the caller's transaction."""
+        preparer = conn.dialect.identifier_preparer
+        names = [*self._value_names, *META_COLUMNS]
+        stage = preparer.quote(self._stage_name())
+        target = preparer.quote(self._table_name)
+        quoted = ", ".join(preparer.quote(name) for name in names)
+        conn.exec_driver_sql(
+            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        value_names = self._value_names
+        driver = conn.connection.driver_connection
+        assert driver is not None
+        with driver.cursor() as cursor, cursor.copy(f"COPY {stage} ({quoted}) FROM STDIN") as copy:
+            for record in records:
+                raw, row = record.raw, record.row
+                copy.write_row(
+                    [row.get(name) for name in value_names]
+                    + [raw.topic, raw.partition, raw.offset, _timestamp(raw.timestamp_ms), record.key]
+                )
+        return {topic: int(conn.exec_driver_sql(self._statement, {"topic": topic}).rowcount) for topic in topics}
+
+    def ping(self) -> None:
+        with self._translated(), self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @contextmanager
+    def _translated(self) -> Iterator[None]:
+        """Every database error leaves as one of ours."""
+        try:
+            yield
+        except ConsumerError:
+            raise
+        except (SQLAlchemyError, OSError) as exc:
+            raise classify(exc) from exc
+        except Exception as exc:  # the driver's own errors (psycopg.Error from COPY), classified
+            if type(exc).__module__.split(".")[0] in ("psycopg", "sqlite3"):
+                raise classify(exc) from exc
+            raise

@@ -1,0 +1,1 @@
+"""Helpers for the integration tests: real services, real clients, no sleeps as synchronisation."""
