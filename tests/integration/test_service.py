@@ -1,0 +1,377 @@
+"""End-to-end tests of `python -m consumer run` against a real broker and SQLite / PostgreSQL sinks.
+
+Every test waits on conditions (committed offsets == the writer's end offsets, row counts, metrics), never on
+sleeps. Each runs once per sink backend through the parametrized `sink_url` fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import pytest
+from support.db import count_rows, fetch
+from support.events import encode, event_id, make_event
+from support.kafka import Msg, TopicWriter, committed_offsets, create_topic, read_all
+from support.service import ServiceProcess
+from support.waiting import wait_until
+from sqlalchemy.exc import DBAPIError
+
+SCHEMA_FILE = str(Path(__file__).resolve().parents[2] / "schemas" / "event.avsc")
+COMMIT_TIMEOUT_S = 120.0
+DLQ_HEADERS = (
+    "dlq.original.topic",
+    "dlq.original.partition",
+    "dlq.original.offset",
+    "dlq.original.timestamp",
+    "dlq.stage",
+    "dlq.error.class",
+    "dlq.error.message",
+    "dlq.consumer.group",
+    "dlq.failed.at",
+    "dlq.attempts",
+)
+
+StartService = Callable[..., ServiceProcess]
+
+
+def _env(
+    bootstrap: str,
+    topic: str,
+    group: str,
+    sink_url: str,
+    sink_table: str,
+    key: str = "field:event_id",
+    **extra: str,
+) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CONSUMER_TOPICS": topic,
+        "CONSUMER_GROUP_ID": group,
+        "DLQ_TOPIC": f"{topic}.dlq",
+        "SCHEMA_FILE": SCHEMA_FILE,
+        "SINK_URL": sink_url,
+        "SINK_TABLE": sink_table,
+        "IDEMPOTENCY_KEY": key,
+        **extra,
+    }
+
+
+def _valid(indices: range | list[int], keyed: bool = False) -> list[Msg]:
+    return [
+        Msg(value=encode(make_event(i)), key=event_id(i).encode() if keyed else None) for i in indices
+    ]
+
+
+def _rows(url: str, table: str) -> int:
+    try:
+        return count_rows(url, table)
+    except DBAPIError:
+        return 0
+
+
+def _wait_committed(
+    bootstrap: str,
+    group: str,
+    writer: TopicWriter,
+    services: list[ServiceProcess],
+    timeout_s: float = COMMIT_TIMEOUT_S,
+) -> None:
+    expected = writer.end_offsets
+
+    def committed() -> Mapping[int, int]:
+        for svc in services:
+            if not svc.running:
+                pytest.fail(f"service pid {svc.pid} exited with {svc.process.returncode}\n{svc.log_tail()}")
+        return committed_offsets(bootstrap, group, writer.topic, len(expected))
+
+    wait_until(committed, timeout_s, f"committed offsets == {expected}", interval_s=0.25,
+               until=lambda got: got == expected)
+
+
+def _wait_metric(svc: ServiceProcess, outcome: str, expected: int, timeout_s: float = 30.0) -> None:
+    wait_until(
+        lambda: svc.metric_sum("consumer_records_total", outcome=outcome),
+        timeout_s,
+        f"consumer_records_total{{outcome={outcome}}} == {expected}",
+        until=lambda v: v == expected,
+    )
+
+
+def _setup(kafka_bootstrap: str, make_topic: Callable[..., str], partitions: int = 3) -> tuple[str, TopicWriter]:
+    topic = make_topic(partitions=partitions)
+    create_topic(kafka_bootstrap, f"{topic}.dlq", 1)
+    return topic, TopicWriter(kafka_bootstrap, topic)
+
+
+# --- 1. happy path -----------------------------------------------------------------------------------
+
+
+def test_happy_path_sinks_every_event_once_and_stops_cleanly(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    n = 3000
+    topic, writer = _setup(kafka_bootstrap, make_topic)
+    group = unique("group")
+    writer.send(_valid(range(n), keyed=True))
+
+    svc = service(_env(kafka_bootstrap, topic, group, sink_url, sink_table))
+    _wait_committed(kafka_bootstrap, group, writer, [svc])
+    _wait_metric(svc, "sunk", n)
+
+    assert count_rows(sink_url, sink_table) == n
+    distinct = fetch(sink_url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {sink_table}")[0].c
+    assert distinct == n
+    assert svc.metric_sum("consumer_records_total", outcome="dlq") == 0
+    assert svc.terminate() == 0
+    assert committed_offsets(kafka_bootstrap, group, topic, 3) == writer.end_offsets
+
+
+# --- 2. poison records -------------------------------------------------------------------------------
+
+
+def test_poison_records_are_dead_lettered_with_headers_and_tombstones_skipped(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    n = 2000
+    topic, writer = _setup(kafka_bootstrap, make_topic)
+    group = unique("group")
+    valid = _valid(range(n), keyed=True)
+    garbage = [Msg(value=b"garbage", key=f"g{i}".encode()) for i in range(4)]
+    empty = [Msg(value=b"", key=f"e{i}".encode()) for i in range(3)]
+    keyless = [Msg(value=encode(make_event(100_000 + i))) for i in range(4)]
+    empty_key = [Msg(value=encode(make_event(200_000 + i)), key=b"") for i in range(2)]
+    tombstones = [Msg(value=None, key=f"t{i}".encode()) for i in range(5)]
+    poison = garbage + empty + keyless + empty_key + tombstones
+    messages: list[Msg] = []
+    step = n // len(poison)
+    for i, bad in enumerate(poison):  # interleave so no batch is mostly poison (dead-letter guard)
+        messages += valid[i * step : (i + 1) * step]
+        messages.append(bad)
+    messages += valid[len(poison) * step :]
+    assert len(messages) == n + len(poison)
+    writer.send(messages)
+
+    svc = service(_env(kafka_bootstrap, topic, group, sink_url, sink_table, key="key"))
+    _wait_committed(kafka_bootstrap, group, writer, [svc])
+
+    n_decode = len(garbage) + len(empty)
+    n_validate = len(keyless) + len(empty_key)
+    n_dlq = n_decode + n_validate
+    _wait_metric(svc, "sunk", n)
+    _wait_metric(svc, "dlq", n_dlq)
+    _wait_metric(svc, "skipped", len(tombstones))
+    assert svc.metric_sum("consumer_records_total", outcome="duplicate") == 0
+    total = sum(
+        svc.metric_sum("consumer_records_total", outcome=o) for o in ("sunk", "dlq", "skipped", "duplicate")
+    )
+    assert total == writer.total
+    assert svc.metric("consumer_records_total", topic=topic, outcome="dlq") == n_dlq
+
+    assert count_rows(sink_url, sink_table) == n
+
+    letters = read_all(kafka_bootstrap, f"{topic}.dlq", expected=n_dlq)
+    assert len(letters) == n_dlq
+    for letter in letters:
+        missing = [h for h in DLQ_HEADERS if h not in letter.headers]
+        assert not missing, f"dead letter {letter} lacks {missing}"
+        assert letter.headers["dlq.original.topic"] == topic.encode()
+        assert letter.headers["dlq.consumer.group"] == group.encode()
+        assert int(letter.headers["dlq.original.partition"]) in range(3)
+        assert int(letter.headers["dlq.original.offset"]) >= 0
+        assert int(letter.headers["dlq.original.timestamp"]) > 0
+        assert letter.headers["dlq.attempts"] == b"1" or int(letter.headers["dlq.attempts"]) >= 1
+        assert letter.headers["dlq.error.class"]
+        assert letter.headers["dlq.failed.at"]
+    stages: dict[bytes | None, list[bytes]] = {}
+    for letter in letters:
+        stages.setdefault(letter.value, []).append(letter.headers["dlq.stage"])
+    by_stage = sorted(letter.headers["dlq.stage"] for letter in letters)
+    assert by_stage == sorted([b"decode"] * n_decode + [b"validate"] * n_validate)
+    for letter in letters:
+        if letter.value in (b"garbage", b""):
+            assert letter.headers["dlq.stage"] == b"decode", letter
+        else:
+            assert letter.headers["dlq.stage"] == b"validate", letter
+            assert not letter.key, letter
+    # the dead letter keeps the original value: the garbage and empty payloads come back as they were
+    assert sorted(v for v in (letter.value for letter in letters) if v in (b"garbage", b"")) == sorted(
+        [b""] * len(empty) + [b"garbage"] * len(garbage)
+    )
+    # coordinates point at the original records
+    originals = {(r.partition, r.offset): r for r in read_all(kafka_bootstrap, topic, expected=writer.total)}
+    for letter in letters:
+        original = originals[
+            (int(letter.headers["dlq.original.partition"]), int(letter.headers["dlq.original.offset"]))
+        ]
+        assert original.value == letter.value
+        assert int(letter.headers["dlq.original.timestamp"]) == original.timestamp
+
+    assert svc.terminate() == 0
+
+
+# --- 3. restart resumes ------------------------------------------------------------------------------
+
+
+def test_restart_resumes_from_committed_offsets_without_reprocessing(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    first, second = 2000, 1500
+    topic, writer = _setup(kafka_bootstrap, make_topic)
+    group = unique("group")
+    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table)
+    writer.send(_valid(range(first), keyed=True))
+
+    svc1 = service(env)
+    _wait_committed(kafka_bootstrap, group, writer, [svc1])
+    assert svc1.terminate() == 0
+    assert count_rows(sink_url, sink_table) == first
+
+    writer.send(_valid(range(first, first + second), keyed=True))
+    svc2 = service(env)
+    _wait_committed(kafka_bootstrap, group, writer, [svc2])
+    _wait_metric(svc2, "sunk", second)
+    assert svc2.metric_sum("consumer_records_total", outcome="duplicate") == 0
+    assert count_rows(sink_url, sink_table) == first + second
+    assert svc2.terminate() == 0
+
+
+# --- 4. SIGKILL mid-run ------------------------------------------------------------------------------
+
+
+def test_sigkill_mid_run_then_restart_yields_exactly_one_row_per_key(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    n = 20_000
+    topic, writer = _setup(kafka_bootstrap, make_topic)
+    group = unique("group")
+    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, BATCH_MAX_RECORDS="500")
+    writer.send(_valid(range(n), keyed=True))
+
+    svc1 = service(env)
+    wait_until(lambda: _rows(sink_url, sink_table), 60, "some rows", until=lambda c: c > 0)
+    svc1.kill()
+    partial = _rows(sink_url, sink_table)
+    assert 0 < partial <= n
+
+    svc2 = service(env)
+    _wait_committed(kafka_bootstrap, group, writer, [svc2])
+    assert count_rows(sink_url, sink_table) == n
+    distinct = fetch(sink_url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {sink_table}")[0].c
+    assert distinct == n
+    assert svc2.terminate() == 0
+
+
+# --- 5. duplicates -----------------------------------------------------------------------------------
+
+
+def test_same_event_produced_twice_is_one_row_and_counted_duplicate(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    n, dups = 2000, 300
+    topic, writer = _setup(kafka_bootstrap, make_topic)
+    group = unique("group")
+    writer.send(_valid(range(n), keyed=True))
+    # the same events again, at later offsets (same key, so the same partition)
+    writer.send(_valid(range(dups), keyed=True))
+    # and some duplicates on another partition than the original (explicit partition)
+    cross = [Msg(value=encode(make_event(i)), partition=(i + 1) % 3) for i in range(dups, 2 * dups)]
+    writer.send(cross)
+
+    svc = service(_env(kafka_bootstrap, topic, group, sink_url, sink_table))
+    _wait_committed(kafka_bootstrap, group, writer, [svc])
+    _wait_metric(svc, "duplicate", 2 * dups)
+    _wait_metric(svc, "sunk", n)
+    assert count_rows(sink_url, sink_table) == n
+    assert svc.terminate() == 0
+
+
+# --- 6. two processes in one group -------------------------------------------------------------------
+
+
+def test_two_processes_in_one_group_one_terminated_mid_run(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    n = 5000
+    topic, writer = _setup(kafka_bootstrap, make_topic, partitions=4)
+    group = unique("group")
+    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, BATCH_MAX_RECORDS="200")
+    a = service(env)
+    b = service(env)
+    a.wait_ready()
+    b.wait_ready()
+    writer.send(_valid(range(n), keyed=True))
+
+    wait_until(lambda: _rows(sink_url, sink_table), 60, "some rows", until=lambda c: c > 0)
+    assert a.terminate() == 0
+
+    _wait_committed(kafka_bootstrap, group, writer, [b])
+    assert count_rows(sink_url, sink_table) == n
+    distinct = fetch(sink_url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {sink_table}")[0].c
+    assert distinct == n
+    assert b.terminate() == 0
+    assert committed_offsets(kafka_bootstrap, group, topic, 4) == writer.end_offsets
+
+
+# --- 7. SIGTERM under load ---------------------------------------------------------------------------
+
+
+def test_sigterm_under_load_commits_exactly_what_was_written(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    n = 20_000
+    topic, writer = _setup(kafka_bootstrap, make_topic)
+    group = unique("group")
+    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, key="coordinates", BATCH_MAX_RECORDS="1000")
+    writer.send(_valid(range(n), keyed=True))
+
+    svc = service(env)
+    wait_until(lambda: _rows(sink_url, sink_table), 60, "some rows", until=lambda c: c > 0)
+    assert svc.terminate() == 0
+
+    committed = committed_offsets(kafka_bootstrap, group, topic, 3)
+    rows = fetch(
+        sink_url,
+        f"SELECT _kafka_partition AS p, COUNT(*) AS c, MAX(_kafka_offset) AS m FROM {sink_table} GROUP BY _kafka_partition",
+    )
+    per_partition = {int(r.p): int(r.c) for r in rows}
+    max_offset = {int(r.p): int(r.m) for r in rows}
+    assert {p: per_partition.get(p, 0) for p in range(3)} == committed
+    for p, m in max_offset.items():
+        assert m == committed[p] - 1
+    assert sum(committed.values()) < n or sum(committed.values()) == n

@@ -1,0 +1,138 @@
+from __future__ import annotations
+
+import decimal
+import json
+import uuid
+
+import pytest
+from support.events import encode, make_event, parsed_schema
+
+from consumer.decoder import Decoder, JsonDecoder, SchemalessAvroDecoder, key_source
+from consumer.errors import ConfigError
+from consumer.records import RawRecord, Stage
+from consumer.schema import key_text
+
+
+def raw(value: bytes | None = b"{}", key: bytes | None = None, headers=(), offset: int = 7) -> RawRecord:
+    return RawRecord("orders", 2, offset, 123, key, value, tuple(headers))
+
+
+def test_coordinates() -> None:
+    assert key_source("coordinates", None)(raw(), {}) == "orders/2/7"
+
+
+def test_record_key() -> None:
+    of = key_source("key", None)
+    assert of(raw(key=b"abc"), {}) == "abc"
+    assert of(raw(key=None), {}) is None
+    assert of(raw(key=b""), {}) is None
+    assert of(raw(key=b"\xff\x00"), {}) == "ff00"
+
+
+def test_header_key_first_match() -> None:
+    of = key_source("header:id", None)
+    assert of(raw(headers=[("other", b"x"), ("id", b"h1"), ("id", b"h2")]), {}) == "h1"
+    assert of(raw(headers=[("other", b"x")]), {}) is None
+    assert of(raw(headers=[("id", None)]), {}) is None
+    assert of(raw(headers=[("id", b"")]), {}) is None
+    assert of(raw(headers=[("id", b"\xc3\x28")]), {}) == "c328"
+
+
+def test_field_key() -> None:
+    of = key_source("field:id", ["id", "x"])
+    assert of(raw(), {"id": "a"}) == "a"
+    assert of(raw(), {"id": 42}) == "42"
+    assert of(raw(), {"id": None}) is None
+    assert of(raw(), {}) is None
+    assert of(raw(), {"id": ""}) is None
+
+
+def test_unknown_field_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="IDEMPOTENCY_KEY"):
+        key_source("field:nope", ["id"])
+    key_source("field:anything", None)  # schemaless JSON: any field allowed
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (uuid.UUID("12345678-1234-5678-1234-567812345678"), "12345678-1234-5678-1234-567812345678"),
+        (uuid.UUID("ABCDEF01-1234-5678-1234-567812345678"), "abcdef01-1234-5678-1234-567812345678"),
+        (12345678901234567890, "12345678901234567890"),
+        (-5, "-5"),
+        (0, "0"),
+        (decimal.Decimal("12.50"), "12.50"),
+        (True, "true"),
+        (False, "false"),
+        (b"abc", "abc"),
+        (b"\xff\xfe", "fffe"),
+        (b"", None),
+        ("", None),
+        (None, None),
+    ],
+)
+def test_key_text(value, text) -> None:
+    assert key_text(value) == text
+
+
+def test_avro_uuid_field_key_is_canonical_lowercase() -> None:
+    schema = parsed_schema()
+    event = make_event(1, event_id="ABCDEF01-1234-5678-1234-567812345678")
+    values = SchemalessAvroDecoder(schema)
+    decoder = Decoder(values, key_source("field:event_id", [c.name for c in values.columns()]), "field:event_id",
+                      1 << 20)
+    out = decoder.decode_batch([raw(encode(event, schema))])
+    assert not out.dead_letters
+    assert out.decoded[0].key == "abcdef01-1234-5678-1234-567812345678"
+    assert out.decoded[0].row["event_id"] == "abcdef01-1234-5678-1234-567812345678"
+
+
+def test_avro_long_field_key_is_decimal() -> None:
+    schema = parsed_schema()
+    values = SchemalessAvroDecoder(schema)
+    decoder = Decoder(values, key_source("field:user_id", None), "field:user_id", 1 << 20)
+    out = decoder.decode_batch([raw(encode(make_event(1, user_id=9007199254740993), schema))])
+    assert out.decoded[0].key == "9007199254740993"
+
+
+def test_json_int_key_decimal() -> None:
+    decoder = Decoder(JsonDecoder(None), key_source("field:id", None), "field:id", 1 << 20)
+    out = decoder.decode_batch([raw(json.dumps({"id": 10**20}).encode())])
+    assert out.decoded[0].key == str(10**20)
+    assert out.decoded[0].row == {"value": '{"id":100000000000000000000}'}
+
+
+def test_empty_key_is_missing_and_dead_lettered() -> None:
+    decoder = Decoder(JsonDecoder(None), key_source("field:id", None), "field:id", 1 << 20)
+    out = decoder.decode_batch([
+        raw(b'{"id": ""}', offset=1), raw(b'{"id": null}', offset=2), raw(b'{}', offset=3),
+        raw(b'{"id": "ok"}', offset=4),
+    ])
+    assert [d.key for d in out.decoded] == ["ok"]
+    assert [(d.record.offset, d.stage, d.error_class) for d in out.dead_letters] == [
+        (1, Stage.VALIDATE, "MissingKeyError"), (2, Stage.VALIDATE, "MissingKeyError"),
+        (3, Stage.VALIDATE, "MissingKeyError"),
+    ]
+
+
+def test_tombstones_skipped_poison_and_too_large() -> None:
+    decoder = Decoder(JsonDecoder(None), key_source("coordinates", None), "coordinates", 10)
+    out = decoder.decode_batch([
+        raw(None, offset=1), raw(b"not json", offset=2), raw(b"[1]", offset=3), raw(b'{"a": "0123456789"}', offset=4),
+        raw(b"{}", offset=5),
+    ])
+    assert out.skipped == {"orders": 1}
+    assert [(d.record.offset, d.error_class) for d in out.dead_letters] == [
+        (2, "DecodeError"), (3, "DecodeError"), (4, "RecordTooLargeError"),
+    ]
+    assert all(d.stage is Stage.DECODE for d in out.dead_letters)
+    assert [d.key for d in out.decoded] == ["orders/2/5"]
+
+
+def test_avro_garbage_is_decode_error() -> None:
+    values = SchemalessAvroDecoder(parsed_schema())
+    decoder = Decoder(values, key_source("coordinates", None), "coordinates", 1 << 20)
+    good = encode(make_event(1))
+    out = decoder.decode_batch([raw(good[:5], offset=1), raw(good + b"\x00", offset=2), raw(good, offset=3)])
+    assert [(d.record.offset, d.error_class) for d in out.dead_letters] == [(1, "DecodeError"), (2, "DecodeError")]
+    assert len(out.decoded) == 1

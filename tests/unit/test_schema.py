@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import json
+
+from support.events import SCHEMA_PATH
+
+from consumer.schema import ColumnKind as K
+from consumer.schema import ColumnSpec, columns_of, load_schema_file, merge_columns, parse_schema, to_json_text
+
+
+def test_event_schema_columns() -> None:
+    columns = columns_of(load_schema_file(SCHEMA_PATH))
+    assert columns == [
+        ColumnSpec("event_id", K.UUID, False),
+        ColumnSpec("occurred_at", K.TIMESTAMP, False),
+        ColumnSpec("user_id", K.BIGINT, False),
+        ColumnSpec("event_type", K.TEXT, False),
+        ColumnSpec("amount", K.DECIMAL, True, 12, 2),
+        ColumnSpec("currency", K.TEXT, True),
+        ColumnSpec("page_url", K.TEXT, False),
+        ColumnSpec("score", K.DOUBLE, False),
+        ColumnSpec("is_test", K.BOOLEAN, False),
+        ColumnSpec("event_date", K.DATE, False),
+        ColumnSpec("attributes", K.JSON, False),
+    ]
+
+
+def schema(*fields: dict) -> dict:
+    return parse_schema({"type": "record", "name": "R", "fields": list(fields)})
+
+
+def test_primitives_and_nullable_unions() -> None:
+    cols = columns_of(schema(
+        {"name": "a", "type": "int"},
+        {"name": "b", "type": ["null", "long"]},
+        {"name": "c", "type": ["float", "null"]},
+        {"name": "d", "type": "bytes"},
+        {"name": "e", "type": ["null", {"type": "fixed", "name": "F", "size": 4}]},
+        {"name": "f", "type": ["null", {"type": "long", "logicalType": "timestamp-micros"}]},
+        {"name": "g", "type": {"type": "int", "logicalType": "time-millis"}},
+    ))
+    assert [(c.name, c.kind, c.nullable) for c in cols] == [
+        ("a", K.INTEGER, False), ("b", K.BIGINT, True), ("c", K.FLOAT, True), ("d", K.BINARY, False),
+        ("e", K.BINARY, True), ("f", K.TIMESTAMP, True), ("g", K.TIME, False),
+    ]
+
+
+def test_complex_types_are_json() -> None:
+    cols = columns_of(schema(
+        {"name": "arr", "type": {"type": "array", "items": "int"}},
+        {"name": "rec", "type": {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "int"}]}},
+        {"name": "multi", "type": ["null", "int", "string"]},
+        {"name": "two", "type": ["int", "string"]},
+        {"name": "map", "type": ["null", {"type": "map", "values": "long"}]},
+    ))
+    assert [(c.name, c.kind, c.nullable) for c in cols] == [
+        ("arr", K.JSON, False), ("rec", K.JSON, False), ("multi", K.JSON, True), ("two", K.JSON, False),
+        ("map", K.JSON, True),
+    ]
+
+
+def test_merge_columns_new_fields_nullable() -> None:
+    known = {"a": ColumnSpec("a", K.INTEGER, False)}
+    merged = merge_columns(known, [ColumnSpec("a", K.BIGINT, True), ColumnSpec("b", K.DECIMAL, False, 10, 3)])
+    assert merged == {"a": ColumnSpec("a", K.INTEGER, False), "b": ColumnSpec("b", K.DECIMAL, True, 10, 3)}
+    assert known == {"a": ColumnSpec("a", K.INTEGER, False)}  # not mutated
+
+
+def test_json_text() -> None:
+    import datetime as dt
+    import decimal
+
+    text = to_json_text({"d": decimal.Decimal("1.50"), "t": dt.date(2024, 1, 2), "b": b"\x00\x01", "s": "é"})
+    assert json.loads(text) == {"d": "1.50", "t": "2024-01-02", "b": "AAE=", "s": "é"}
+    assert to_json_text(None) is None
