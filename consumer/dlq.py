@@ -38,11 +38,13 @@ class _State(Enum):
     FAILED = "failed"
 
 
-def dead_letter_headers(letter: DeadLetter, group_id: str, failed_at: dt.datetime) -> list[tuple[str, bytes]]:
+def dead_letter_headers(
+    letter: DeadLetter, group_id: str, failed_at: dt.datetime
+) -> list[tuple[str, str | bytes | None]]:
     """Original headers (minus an earlier failure's dlq.* ones) plus this failure's dlq.* headers."""
     record = letter.record
     previous_attempts = 0
-    kept: list[tuple[str, bytes]] = []
+    kept: list[tuple[str, str | bytes | None]] = []
     for name, value in record.headers:
         if name.startswith(HEADER_PREFIX):
             if name == "dlq.attempts" and value:

@@ -73,7 +73,7 @@ class HealthServer:
 
 def _handler(registry: CollectorRegistry, state: HealthState) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
@@ -98,7 +98,7 @@ def _handler(registry: CollectorRegistry, state: HealthState) -> type[BaseHTTPRe
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        def log_message(self, format: str, *args: Any) -> None:
             pass  # scrapes every few seconds would drown the logs
 
     return Handler

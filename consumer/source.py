@@ -11,8 +11,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition as KafkaPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message
+from confluent_kafka import TopicPartition as KafkaPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
 
 from consumer.errors import BrokerUnavailableError, FatalError
 from consumer.records import RawRecord, TopicPartition
@@ -51,10 +53,11 @@ class CommitOutcome:
 
 def _to_raw(message: Message) -> RawRecord:
     timestamp_type, timestamp = message.timestamp()
+    headers: Any = message.headers() or ()
     return RawRecord(
-        message.topic(), message.partition(), message.offset(),
+        message.topic() or "", message.partition() or 0, message.offset() or 0,
         timestamp if timestamp_type else -1,
-        message.key(), message.value(), tuple(message.headers() or ()),
+        message.key(), message.value(), tuple(headers),
     )
 
 
