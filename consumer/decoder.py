@@ -164,7 +164,8 @@ class JsonDecoder:
             raise DecodeError(f"JSON value is a {type(obj).__name__}, not an object")
         if self._names is None:
             return obj, {"value": to_json_text(obj)}
-        return obj, _convert({name: obj.get(name) for name in self._names}, self._converters)
+        row = _convert({name: obj.get(name) for name in self._names}, self._converters)
+        return row, row  # keys from the converted row: a uuid key is canonical, like its cell
 
     def columns(self) -> list[ColumnSpec]:
         return self._columns

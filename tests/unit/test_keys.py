@@ -136,3 +136,13 @@ def test_avro_garbage_is_decode_error() -> None:
     out = decoder.decode_batch([raw(good[:5], offset=1), raw(good + b"\x00", offset=2), raw(good, offset=3)])
     assert [(d.record.offset, d.error_class) for d in out.dead_letters] == [(1, "DecodeError"), (2, "DecodeError")]
     assert len(out.decoded) == 1
+
+
+def test_json_with_schema_uuid_field_key_is_canonical_lowercase() -> None:
+    schema = parsed_schema()
+    values = JsonDecoder(schema)
+    decoder = Decoder(values, key_source("field:event_id", [c.name for c in values.columns()]), "field:event_id",
+                      1 << 20)
+    out = decoder.decode_batch([raw(json.dumps({"event_id": "ABCDEF01-1234-5678-1234-567812345678"}).encode())])
+    assert out.decoded[0].row["event_id"] == "abcdef01-1234-5678-1234-567812345678"
+    assert out.decoded[0].key == "abcdef01-1234-5678-1234-567812345678"

@@ -5,7 +5,14 @@ import json
 from support.events import SCHEMA_PATH
 
 from consumer.schema import ColumnKind as K
-from consumer.schema import ColumnSpec, columns_of, load_schema_file, merge_columns, parse_schema, to_json_text
+from consumer.schema import (
+    ColumnSpec,
+    columns_of,
+    load_schema_file,
+    merge_columns,
+    parse_schema,
+    to_json_text,
+)
 
 
 def test_event_schema_columns() -> None:

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+import datetime as dt
+
+from consumer.dlq import dead_letter_headers
+from consumer.records import DeadLetter, RawRecord, Stage
+
+WHEN = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
+
+
+def letter(headers=(), attempts: int = 1, message: str = "boom") -> DeadLetter:
+    record = RawRecord("orders", 3, 42, 1700000000123, b"k", b"v", tuple(headers))
+    return DeadLetter(record, Stage.DECODE, "DecodeError", message, attempts)
+
+
+def test_all_contract_headers() -> None:
+    headers = dead_letter_headers(letter(headers=[("trace", b"abc"), ("nullish", None)]), "grp", WHEN)
+    assert headers[:2] == [("trace", b"abc"), ("nullish", b"")]
+    ours = dict(headers[2:])
+    assert ours == {
+        "dlq.original.topic": b"orders",
+        "dlq.original.partition": b"3",
+        "dlq.original.offset": b"42",
+        "dlq.original.timestamp": b"1700000000123",
+        "dlq.stage": b"decode",
+        "dlq.error.class": b"DecodeError",
+        "dlq.error.message": b"boom",
+        "dlq.consumer.group": b"grp",
+        "dlq.failed.at": b"2024-05-06T07:08:09.123Z",
+        "dlq.attempts": b"1",
+    }
+
+
+def test_attempts_increment_and_old_dlq_headers_dropped() -> None:
+    old = [("dlq.attempts", b"2"), ("dlq.stage", b"sink"), ("keep", b"1")]
+    headers = dead_letter_headers(letter(headers=old), "grp", WHEN)
+    names = [n for n, _ in headers]
+    assert names.count("dlq.stage") == 1 and names.count("dlq.attempts") == 1
+    assert dict(headers)["dlq.attempts"] == b"3"
+    assert dict(headers)["dlq.stage"] == b"decode"
+    assert headers[0] == ("keep", b"1")
+
+
+def test_garbage_attempts_counts_as_zero() -> None:
+    headers = dead_letter_headers(letter(headers=[("dlq.attempts", b"x")]), "g", WHEN)
+    assert dict(headers)["dlq.attempts"] == b"1"
+
+
+def test_message_truncated() -> None:
+    headers = dead_letter_headers(letter(message="é" * 3000), "g", WHEN)
+    assert dict(headers)["dlq.error.message"].decode() == "é" * 2000

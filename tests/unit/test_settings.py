@@ -1,0 +1,112 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from consumer.errors import ConfigError
+from consumer.settings import Settings, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)  # no .env here
+    for name in list(os.environ):
+        if name.upper() in {f.upper() for f in Settings.model_fields} or name.upper().startswith("KAFKA_"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CONSUMER_TOPICS", "a, b ,,c")
+    monkeypatch.setenv("VALUE_FORMAT", "json")
+
+
+def test_defaults_and_topics() -> None:
+    s = load_settings()
+    assert s.consumer_topics == ["a", "b", "c"]
+    assert s.dead_letter_topic == "a.dlq"
+    assert s.batch_max_records == 5000
+
+
+def test_missing_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CONSUMER_TOPICS")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith("CONSUMER_TOPICS")
+
+
+def test_empty_topics(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONSUMER_TOPICS", " , ")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith("CONSUMER_TOPICS")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("BATCH_MAX_RECORDS", "0"),
+        ("BATCH_MAX_RECORDS", "many"),
+        ("BATCH_MAX_BYTES", "-1"),
+        ("BATCH_MAX_WAIT_MS", "soon"),
+        ("SINK_TABLE", "bad-name"),
+        ("SINK_TABLE", "1abc"),
+        ("SINK_WRITE_MODE", "merge"),
+        ("VALUE_FORMAT", "xml"),
+        ("IDEMPOTENCY_KEY", "field:"),
+        ("IDEMPOTENCY_KEY", "offset"),
+        ("SINK_URL", "nourl"),
+        ("SCHEMA_REGISTRY_URL", "ftp://x"),
+        ("DLQ_MAX_RATIO", "0"),
+        ("DLQ_MAX_RATIO", "1.5"),
+        ("METRICS_PORT", "70000"),
+        ("LOG_LEVEL", "chatty"),
+        ("KAFKA_SECURITY_PROTOCOL", "tls"),
+        ("SCHEMA_FILE", "/does/not/exist.avsc"),
+    ],
+)
+def test_bad_value_names_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(name + ":"), str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"VALUE_FORMAT": "avro"}, "SCHEMA_FILE"),
+        ({"RETRY_BACKOFF_INITIAL_MS": "500", "RETRY_BACKOFF_MAX_MS": "100"}, "RETRY_BACKOFF_MAX_MS"),
+        ({"KAFKA_SECURITY_PROTOCOL": "sasl_ssl"}, "KAFKA_SASL_MECHANISM"),
+        ({"KAFKA_SESSION_TIMEOUT_MS": "60000", "KAFKA_MAX_POLL_INTERVAL_MS": "1000"}, "KAFKA_MAX_POLL_INTERVAL_MS"),
+    ],
+)
+def test_cross_field_errors_name_variable(monkeypatch: pytest.MonkeyPatch, env: dict, name: str) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith(name + ":"), str(info.value)
+
+
+def test_secret_value_not_in_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "hunter2")
+    s = load_settings()
+    assert "hunter2" not in str(s.masked())
+    assert s.masked()["KAFKA_SASL_PASSWORD"] == "***"
+
+
+def test_masked_sink_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SINK_URL", "postgresql+psycopg://u:secret@h/db")
+    assert load_settings().masked()["SINK_URL"] == "postgresql+psycopg://u:***@h/db"
+
+
+def test_env_file_in_cwd_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("SINK_TABLE=from_env_file\n")
+    assert load_settings().sink_table == "from_env_file"
+
+
+def test_require_bootstrap() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings().require_bootstrap()
+    assert str(info.value).startswith("KAFKA_BOOTSTRAP_SERVERS")
