@@ -10,12 +10,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from sqlalchemy.exc import DBAPIError
 from support.db import count_rows, fetch
 from support.events import encode, event_id, make_event
 from support.kafka import Msg, TopicWriter, committed_offsets, create_topic, read_all
 from support.service import ServiceProcess
 from support.waiting import wait_until
-from sqlalchemy.exc import DBAPIError
 
 SCHEMA_FILE = str(Path(__file__).resolve().parents[2] / "schemas" / "event.avsc")
 COMMIT_TIMEOUT_S = 120.0
@@ -58,9 +58,7 @@ def _env(
 
 
 def _valid(indices: range | list[int], keyed: bool = False) -> list[Msg]:
-    return [
-        Msg(value=encode(make_event(i)), key=event_id(i).encode() if keyed else None) for i in indices
-    ]
+    return [Msg(value=encode(make_event(i)), key=event_id(i).encode() if keyed else None) for i in indices]
 
 
 def _rows(url: str, table: str) -> int:
@@ -85,8 +83,13 @@ def _wait_committed(
                 pytest.fail(f"service pid {svc.pid} exited with {svc.process.returncode}\n{svc.log_tail()}")
         return committed_offsets(bootstrap, group, writer.topic, len(expected))
 
-    wait_until(committed, timeout_s, f"committed offsets == {expected}", interval_s=0.25,
-               until=lambda got: got == expected)
+    wait_until(
+        committed,
+        timeout_s,
+        f"committed offsets == {expected}",
+        interval_s=0.25,
+        until=lambda got: got == expected,
+    )
 
 
 def _wait_metric(svc: ServiceProcess, outcome: str, expected: int, timeout_s: float = 30.0) -> None:
@@ -98,7 +101,9 @@ def _wait_metric(svc: ServiceProcess, outcome: str, expected: int, timeout_s: fl
     )
 
 
-def _setup(kafka_bootstrap: str, make_topic: Callable[..., str], partitions: int = 3) -> tuple[str, TopicWriter]:
+def _setup(
+    kafka_bootstrap: str, make_topic: Callable[..., str], partitions: int = 3
+) -> tuple[str, TopicWriter]:
     topic = make_topic(partitions=partitions)
     create_topic(kafka_bootstrap, f"{topic}.dlq", 1)
     return topic, TopicWriter(kafka_bootstrap, topic)
@@ -190,12 +195,9 @@ def test_poison_records_are_dead_lettered_with_headers_and_tombstones_skipped(
         assert int(letter.headers["dlq.original.partition"]) in range(3)
         assert int(letter.headers["dlq.original.offset"]) >= 0
         assert int(letter.headers["dlq.original.timestamp"]) > 0
-        assert letter.headers["dlq.attempts"] == b"1" or int(letter.headers["dlq.attempts"]) >= 1
+        assert letter.headers["dlq.attempts"] == b"1"
         assert letter.headers["dlq.error.class"]
         assert letter.headers["dlq.failed.at"]
-    stages: dict[bytes | None, list[bytes]] = {}
-    for letter in letters:
-        stages.setdefault(letter.value, []).append(letter.headers["dlq.stage"])
     by_stage = sorted(letter.headers["dlq.stage"] for letter in letters)
     assert by_stage == sorted([b"decode"] * n_decode + [b"validate"] * n_validate)
     for letter in letters:
@@ -273,6 +275,7 @@ def test_sigkill_mid_run_then_restart_yields_exactly_one_row_per_key(
     svc1.kill()
     partial = _rows(sink_url, sink_table)
     assert 0 < partial <= n
+    print(f"sigkill: {partial} of {n} rows before the kill")
 
     svc2 = service(env)
     _wait_committed(kafka_bootstrap, group, writer, [svc2])
@@ -334,6 +337,7 @@ def test_two_processes_in_one_group_one_terminated_mid_run(
 
     wait_until(lambda: _rows(sink_url, sink_table), 60, "some rows", until=lambda c: c > 0)
     assert a.terminate() == 0
+    print(f"two processes: {_rows(sink_url, sink_table)} of {n} rows when the first stopped")
 
     _wait_committed(kafka_bootstrap, group, writer, [b])
     assert count_rows(sink_url, sink_table) == n
@@ -357,7 +361,9 @@ def test_sigterm_under_load_commits_exactly_what_was_written(
     n = 20_000
     topic, writer = _setup(kafka_bootstrap, make_topic)
     group = unique("group")
-    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, key="coordinates", BATCH_MAX_RECORDS="1000")
+    env = _env(
+        kafka_bootstrap, topic, group, sink_url, sink_table, key="coordinates", BATCH_MAX_RECORDS="1000"
+    )
     writer.send(_valid(range(n), keyed=True))
 
     svc = service(env)
@@ -374,4 +380,4 @@ def test_sigterm_under_load_commits_exactly_what_was_written(
     assert {p: per_partition.get(p, 0) for p in range(3)} == committed
     for p, m in max_offset.items():
         assert m == committed[p] - 1
-    assert sum(committed.values()) < n or sum(committed.values()) == n
+    print(f"sigterm under load: committed {sum(committed.values())} of {n}")
