@@ -381,3 +381,36 @@ def test_sigterm_under_load_commits_exactly_what_was_written(
     for p, m in max_offset.items():
         assert m == committed[p] - 1
     print(f"sigterm under load: committed {sum(committed.values())} of {n}")
+
+
+# --- 8. upsert: the highest offset of a partition wins --------------------------------------------------
+
+
+def test_upsert_keeps_the_highest_offset_and_replays_write_nothing(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    topic, writer = _setup(kafka_bootstrap, make_topic, partitions=1)
+    group = unique("group")
+    writer.send([Msg(encode(make_event(i, user_id=1))) for i in range(500)])
+    writer.send([Msg(encode(make_event(i, user_id=2))) for i in range(500)])
+    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, SINK_WRITE_MODE="upsert")
+
+    svc = service(env)
+    _wait_committed(kafka_bootstrap, group, writer, [svc])
+    assert count_rows(sink_url, sink_table) == 500
+    assert fetch(sink_url, f"SELECT COUNT(*) AS c FROM {sink_table} WHERE user_id = 2")[0].c == 500
+    assert svc.terminate() == 0
+
+    # A replay of the whole topic by a new group rewrites nothing: every row already holds that offset.
+    replay_group = unique("group")
+    replay = service({**env, "CONSUMER_GROUP_ID": replay_group})
+    _wait_committed(kafka_bootstrap, replay_group, writer, [replay])
+    assert replay.metric_sum("consumer_records_total", outcome="sunk") == 0
+    assert replay.metric_sum("consumer_records_total", outcome="duplicate") == 1000
+    assert fetch(sink_url, f"SELECT COUNT(*) AS c FROM {sink_table} WHERE user_id = 2")[0].c == 500
+    assert replay.terminate() == 0
