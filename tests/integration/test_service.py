@@ -414,3 +414,35 @@ def test_upsert_keeps_the_highest_offset_and_replays_write_nothing(
     assert replay.metric_sum("consumer_records_total", outcome="duplicate") == 1000
     assert fetch(sink_url, f"SELECT COUNT(*) AS c FROM {sink_table} WHERE user_id = 2")[0].c == 500
     assert replay.terminate() == 0
+
+
+# --- 9. JSON values --------------------------------------------------------------------------------------
+
+
+def test_json_values_land_in_a_value_column_and_bad_json_is_dead_lettered(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+) -> None:
+    import json
+
+    topic, writer = _setup(kafka_bootstrap, make_topic)
+    group = unique("group")
+    good = [Msg(json.dumps({"id": i, "name": f"n{i}"}).encode()) for i in range(400)]
+    bad = [Msg(b"{not json"), Msg(b"[1, 2]"), Msg(json.dumps({"name": "no id"}).encode())]
+    writer.send(good[:200] + bad + good[200:] + good[:50])  # the last 50 repeat earlier ids
+    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, key="field:id", VALUE_FORMAT="json")
+    env.pop("SCHEMA_FILE")
+
+    svc = service(env)
+    _wait_committed(kafka_bootstrap, group, writer, [svc])
+    _wait_metric(svc, "dlq", 3)
+    assert count_rows(sink_url, sink_table) == 400
+    assert svc.metric_sum("consumer_records_total", outcome="sunk") == 400
+    assert svc.metric_sum("consumer_records_total", outcome="duplicate") == 50
+    stages = sorted(m.headers["dlq.stage"].decode() for m in read_all(kafka_bootstrap, f"{topic}.dlq", 3))
+    assert stages == ["decode", "decode", "validate"]
+    assert svc.terminate() == 0
