@@ -110,3 +110,10 @@ def test_require_bootstrap() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings().require_bootstrap()
     assert str(info.value).startswith("KAFKA_BOOTSTRAP_SERVERS")
+
+
+def test_every_contract_variable_is_a_settings_field() -> None:
+    from consumer.settings import CONTRACT_VARIABLES, Settings
+
+    missing = [name for name in CONTRACT_VARIABLES if name.lower() not in Settings.model_fields]
+    assert missing == []
