@@ -76,6 +76,7 @@ def _produce(address: str, records: int) -> tuple[dict[int, int], dict[str, int]
     rng = random.Random(7)
     ends: dict[int, int] = {}
     mix = {"valid": 0, "duplicate": 0, "poison": 0, "tombstone": 0}
+    last_valid: int | None = None
 
     def delivered(error: Any, message: Any) -> None:
         if error is None:
@@ -89,10 +90,11 @@ def _produce(address: str, records: int) -> tuple[dict[int, int], dict[str, int]
         elif roll < 0.03:
             value, kind = None, "tombstone"
         else:
-            source = i - 1 if roll < 0.05 and i else i  # ~2% repeat the previous event: a producer retry
+            repeat = roll < 0.05 and last_valid is not None  # ~2% repeat an earlier event: a producer retry
+            source = last_valid if repeat and last_valid is not None else i
             buffer = io.BytesIO()
             fastavro.schemaless_writer(buffer, schema, _event(source, random.Random(source)))
-            value, kind = buffer.getvalue(), "duplicate" if source != i else "valid"
+            value, kind, last_valid = buffer.getvalue(), "duplicate" if repeat else "valid", source
         mix[kind] += 1
         producer.produce(TOPIC, value=value, on_delivery=delivered)
         producer.poll(0)
