@@ -26,18 +26,20 @@ class Collapsed:
 
 
 def collapse_duplicates(records: Sequence[DecodedRecord], upsert: bool) -> Collapsed:
-    """`insert` keeps the first (lowest offset) record per key, `upsert` the last (highest)."""
-    by_key: dict[str, list[DecodedRecord]] = {}
+    """`insert` keeps the first (lowest offset) record per key, `upsert` the last (highest).
+    Hot path: one dict lookup per record; lists are made only for keys that repeat."""
+    winners: dict[str, DecodedRecord] = {}
+    runners_up: dict[str, list[DecodedRecord]] = {}
     for record in records:
-        by_key.setdefault(record.key, []).append(record)
-    winners = []
-    runners_up = {}
-    for key, group in by_key.items():
-        ordered = group[::-1] if upsert else group
-        winners.append(ordered[0])
-        if len(ordered) > 1:
-            runners_up[key] = ordered[1:]
-    return Collapsed(winners, runners_up)
+        kept = winners.get(record.key)
+        if kept is None:
+            winners[record.key] = record
+        elif upsert:  # the newer record wins; the one it displaces becomes the best runner-up
+            runners_up.setdefault(record.key, []).insert(0, kept)
+            winners[record.key] = record
+        else:
+            runners_up.setdefault(record.key, []).append(record)
+    return Collapsed(list(winners.values()), runners_up)
 
 
 @dataclass(slots=True)

@@ -193,10 +193,8 @@ class Runner:
         m.batch_duration_seconds.labels(BatchStage.COMMIT.value).observe(commit_seconds)
         m.batch_duration_seconds.labels(BatchStage.TOTAL.value).observe(self._clock.monotonic() - batch.opened_at)
         now_ms = self._clock.wall() * 1000
-        oldest: dict[TopicPartition, int] = {}
         for record in (batch.records[0], batch.records[-1]):  # the oldest and newest: latency's spread
             if record.timestamp_ms >= 0:
-                oldest.setdefault((record.topic, record.partition), record.timestamp_ms)
                 m.end_to_end_latency_seconds.observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
         self._status.batch(result)
         log.debug("batch committed", extra={"batch_id": batch.batch_id, "records": len(batch),

@@ -149,14 +149,9 @@ class Settings(BaseSettings):
             raise ValueError("at least one topic is required")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "kafka_security_protocol", mode="before")
     @classmethod
-    def _upper_level(cls, value: Any) -> Any:
-        return value.upper() if isinstance(value, str) else value
-
-    @field_validator("kafka_security_protocol", mode="before")
-    @classmethod
-    def _upper_protocol(cls, value: Any) -> Any:
+    def _upper_case(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
     @field_validator("sink_table")

@@ -92,6 +92,12 @@ def _wait_committed(
     )
 
 
+def _assert_one_row_per_key(url: str, table: str, n: int) -> None:
+    """Exactly `n` rows and `n` distinct idempotency keys: nothing lost, nothing doubled."""
+    assert count_rows(url, table) == n
+    assert fetch(url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {table}")[0].c == n
+
+
 def _wait_metric(svc: ServiceProcess, outcome: str, expected: int, timeout_s: float = 30.0) -> None:
     wait_until(
         lambda: svc.metric_sum("consumer_records_total", outcome=outcome),
@@ -129,9 +135,7 @@ def test_happy_path_sinks_every_event_once_and_stops_cleanly(
     _wait_committed(kafka_bootstrap, group, writer, [svc])
     _wait_metric(svc, "sunk", n)
 
-    assert count_rows(sink_url, sink_table) == n
-    distinct = fetch(sink_url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {sink_table}")[0].c
-    assert distinct == n
+    _assert_one_row_per_key(sink_url, sink_table, n)
     assert svc.metric_sum("consumer_records_total", outcome="dlq") == 0
     assert svc.terminate() == 0
     assert committed_offsets(kafka_bootstrap, group, topic, 3) == writer.end_offsets
@@ -279,9 +283,7 @@ def test_sigkill_mid_run_then_restart_yields_exactly_one_row_per_key(
 
     svc2 = service(env)
     _wait_committed(kafka_bootstrap, group, writer, [svc2])
-    assert count_rows(sink_url, sink_table) == n
-    distinct = fetch(sink_url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {sink_table}")[0].c
-    assert distinct == n
+    _assert_one_row_per_key(sink_url, sink_table, n)
     assert svc2.terminate() == 0
 
 
@@ -340,9 +342,7 @@ def test_two_processes_in_one_group_one_terminated_mid_run(
     print(f"two processes: {_rows(sink_url, sink_table)} of {n} rows when the first stopped")
 
     _wait_committed(kafka_bootstrap, group, writer, [b])
-    assert count_rows(sink_url, sink_table) == n
-    distinct = fetch(sink_url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {sink_table}")[0].c
-    assert distinct == n
+    _assert_one_row_per_key(sink_url, sink_table, n)
     assert b.terminate() == 0
     assert committed_offsets(kafka_bootstrap, group, topic, 4) == writer.end_offsets
 
