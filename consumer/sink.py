@@ -182,15 +182,28 @@ class SqlSink:
         wanted = frozenset(columns)
         if wanted == self._prepared:
             return
-        with self._translated(), self._engine.begin() as conn:
-            table = self._create_or_evolve(conn, list(columns))
+        table = self._create_or_evolve_racing(list(columns))
         self._table = table
         self._value_names = [c.name for c in columns if c.name in table.c and c.name not in META_COLUMNS]
         self._stage_version += 1
         self._statement = self._build_statement(table)
         self._prepared = wanted
 
+    def _create_or_evolve_racing(self, columns: list[ColumnSpec]) -> sa.Table:
+        """Several processes of a group start together (WORKERS, pods of a rollout) and may each find the
+        table or a column missing: PostgreSQL serialises their DDL with a transaction-scoped advisory lock;
+        elsewhere (SQLite) a DDL that lost the race fails, and one fresh look settles it."""
+        try:
+            with self._translated(), self._engine.begin() as conn:
+                return self._create_or_evolve(conn, columns)
+        except (FatalError, RecordRejectedError) as lost_race:
+            log.info("sink table changed under us; looking again", extra={"error": str(lost_race)})
+            with self._translated(), self._engine.begin() as conn:
+                return self._create_or_evolve(conn, columns)
+
     def _create_or_evolve(self, conn: Connection, columns: list[ColumnSpec]) -> sa.Table:
+        if self._postgres:
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": self._table_name})
         inspector = sa.inspect(conn)
         if not inspector.has_table(self._table_name):
             table = sa.Table(
