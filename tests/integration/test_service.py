@@ -6,19 +6,21 @@ sleeps. Each runs once per sink backend through the parametrized `sink_url` fixt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Callable
 
-import pytest
-from sqlalchemy.exc import DBAPIError
 from support.db import count_rows, fetch
-from support.events import encode, event_id, make_event
-from support.kafka import Msg, TopicWriter, committed_offsets, create_topic, read_all
+from support.events import encode, make_event
+from support.kafka import Msg, committed_offsets, read_all
+from support.runs import assert_one_row_per_key as _assert_one_row_per_key
+from support.runs import rows_or_zero as _rows
+from support.runs import service_env as _env
+from support.runs import setup_topic as _setup
+from support.runs import valid_messages as _valid
+from support.runs import wait_committed as _wait_committed
+from support.runs import wait_metric as _wait_metric
 from support.service import ServiceProcess
 from support.waiting import wait_until
 
-SCHEMA_FILE = str(Path(__file__).resolve().parents[2] / "schemas" / "event.avsc")
-COMMIT_TIMEOUT_S = 120.0
 DLQ_HEADERS = (
     "dlq.original.topic",
     "dlq.original.partition",
@@ -33,86 +35,6 @@ DLQ_HEADERS = (
 )
 
 StartService = Callable[..., ServiceProcess]
-
-
-def _env(
-    bootstrap: str,
-    topic: str,
-    group: str,
-    sink_url: str,
-    sink_table: str,
-    key: str = "field:event_id",
-    **extra: str,
-) -> dict[str, str]:
-    return {
-        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-        "CONSUMER_TOPICS": topic,
-        "CONSUMER_GROUP_ID": group,
-        "DLQ_TOPIC": f"{topic}.dlq",
-        "SCHEMA_FILE": SCHEMA_FILE,
-        "SINK_URL": sink_url,
-        "SINK_TABLE": sink_table,
-        "IDEMPOTENCY_KEY": key,
-        **extra,
-    }
-
-
-def _valid(indices: range | list[int], keyed: bool = False) -> list[Msg]:
-    return [Msg(value=encode(make_event(i)), key=event_id(i).encode() if keyed else None) for i in indices]
-
-
-def _rows(url: str, table: str) -> int:
-    try:
-        return count_rows(url, table)
-    except DBAPIError:
-        return 0
-
-
-def _wait_committed(
-    bootstrap: str,
-    group: str,
-    writer: TopicWriter,
-    services: list[ServiceProcess],
-    timeout_s: float = COMMIT_TIMEOUT_S,
-) -> None:
-    expected = writer.end_offsets
-
-    def committed() -> Mapping[int, int]:
-        for svc in services:
-            if not svc.running:
-                pytest.fail(f"service pid {svc.pid} exited with {svc.process.returncode}\n{svc.log_tail()}")
-        return committed_offsets(bootstrap, group, writer.topic, len(expected))
-
-    wait_until(
-        committed,
-        timeout_s,
-        f"committed offsets == {expected}",
-        interval_s=0.25,
-        until=lambda got: got == expected,
-    )
-
-
-def _assert_one_row_per_key(url: str, table: str, n: int) -> None:
-    """Exactly `n` rows and `n` distinct idempotency keys: nothing lost, nothing doubled."""
-    assert count_rows(url, table) == n
-    assert fetch(url, f"SELECT COUNT(DISTINCT _idempotency_key) AS c FROM {table}")[0].c == n
-
-
-def _wait_metric(svc: ServiceProcess, outcome: str, expected: int, timeout_s: float = 30.0) -> None:
-    wait_until(
-        lambda: svc.metric_sum("consumer_records_total", outcome=outcome),
-        timeout_s,
-        f"consumer_records_total{{outcome={outcome}}} == {expected}",
-        until=lambda v: v == expected,
-    )
-
-
-def _setup(
-    kafka_bootstrap: str, make_topic: Callable[..., str], partitions: int = 3
-) -> tuple[str, TopicWriter]:
-    topic = make_topic(partitions=partitions)
-    create_topic(kafka_bootstrap, f"{topic}.dlq", 1)
-    return topic, TopicWriter(kafka_bootstrap, topic)
 
 
 # --- 1. happy path -----------------------------------------------------------------------------------

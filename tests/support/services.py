@@ -99,10 +99,17 @@ def _kafka_container() -> Iterator[str]:
 
 
 @contextmanager
-def tansu_broker(log_dir: Path) -> Iterator[str]:
-    """A Tansu broker (in-memory storage) on a free port, logging to `log_dir/tansu.log`, stopped on exit."""
+def tansu_broker(log_dir: Path, port: int | None = None, advertised_port: int | None = None) -> Iterator[str]:
+    """A Tansu broker (in-memory storage) on `port` (default: a free one), logging to `log_dir/tansu.log`,
+    stopped on exit; yields the advertised address, which clients bootstrap from.
+
+    `advertised_port` (default: `port`) is the port put in metadata: pointing it at a TcpProxy in front of
+    the broker makes every client connection, not just the bootstrap one, go through the proxy.
+    """
     binary = _tansu_binary()
-    address = f"127.0.0.1:{free_port()}"
+    listen_port = port if port is not None else free_port()
+    address = f"127.0.0.1:{listen_port}"
+    advertised = f"127.0.0.1:{advertised_port if advertised_port is not None else listen_port}"
     log_path = log_dir / "tansu.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -112,19 +119,19 @@ def tansu_broker(log_dir: Path) -> Iterator[str]:
                 "--listener-url",
                 f"tcp://{address}",
                 "--advertised-listener-url",
-                f"tcp://{address}",
+                f"tcp://{advertised}",
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
         try:
-            if not kafka_answers(address):
+            if not kafka_answers(advertised):
                 tail = log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
                 unavailable(
                     f"Tansu at {address} did not answer (exit code {process.poll()}): {tail}", "REQUIRE_KAFKA"
                 )
-            yield address
+            yield advertised
         finally:
             _stop(process)
 
