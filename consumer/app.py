@@ -26,12 +26,13 @@ from consumer.decoder import (
     ValueDecoder,
     key_source,
 )
-from consumer.dlq import KafkaDeadLetterPublisher
+from consumer.dlq import DlqGuard, KafkaDeadLetterPublisher
 from consumer.errors import ConfigError, TransientError
 from consumer.health import HealthServer, HealthState
-from consumer.metrics import Metrics
+from consumer.metrics import Dependency, Metrics
 from consumer.offsets import OffsetTracker
 from consumer.pipeline import Pipeline
+from consumer.ratelimit import TokenBucket
 from consumer.registry import SchemaRegistryClient
 from consumer.retry import Backoff
 from consumer.runner import Runner
@@ -72,6 +73,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
+        "statistics.interval.ms": 5000,  # the group's committed offsets for lag before our first commit
         **kafka_client_config(settings),
     }
 
@@ -148,9 +150,12 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
         source=source,
         batcher=Batcher(settings.batch_max_records, settings.batch_max_bytes, settings.batch_max_wait_ms / 1000,
                         clock),
-        pipeline=Pipeline(decoder, sink, publisher, settings.sink_write_mode is WriteMode.UPSERT, clock),
+        pipeline=Pipeline(decoder, sink, publisher, DlqGuard(settings.dlq_max_ratio, settings.dlq_guard_min_records),
+                          settings.sink_write_mode is WriteMode.UPSERT, clock),
         offsets=OffsetTracker(),
-        breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_reset_timeout_ms / 1000, clock),
+        breakers={dependency: CircuitBreaker(settings.breaker_failure_threshold,
+                                             settings.breaker_reset_timeout_ms / 1000, clock)
+                  for dependency in Dependency},
         backoff=Backoff(settings.retry_backoff_initial_ms / 1000, settings.retry_backoff_max_ms / 1000),
         metrics=metrics,
         health=health,
@@ -158,6 +163,8 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
         clock=clock,
         shutdown_timeout_s=settings.shutdown_timeout_ms / 1000,
         stop=stop,
+        rate_limit=TokenBucket(settings.sink_max_records_per_second, clock)
+        if settings.sink_max_records_per_second else None,
     )
     server = HealthServer(settings.metrics_port, registry, health)
     return Application(runner, health, server, metrics, closers=[publisher.close, sink.close])

@@ -3,6 +3,7 @@
 TransientError   may succeed later: retry the same batch, offsets stay uncommitted.
 PermanentError   the service cannot go on: stop (ConfigError exit 2, FatalError exit 1).
 PoisonRecordError one record will never succeed: dead-letter it and commit past it.
+GuardTrippedError too many records were poison: hold everything until an operator restarts the service.
 
 Boundary modules (source, decoder, sink, dlq, settings) translate library errors into these;
 no third-party exception escapes them. This module imports nothing from the package.
@@ -43,6 +44,11 @@ class ConfigError(PermanentError):
 
 class FatalError(PermanentError):
     """Authentication, permissions, schema or table mismatch, fatal broker error: exit code 1."""
+
+
+class GuardTrippedError(ConsumerError):
+    """The dead-letter guard holds the service: nothing more is written, dead-lettered or committed until
+    an operator restarts it. Neither transient (retrying would dead-letter the same wave) nor fatal."""
 
 
 class PoisonRecordError(ConsumerError):

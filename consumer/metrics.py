@@ -55,7 +55,7 @@ _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 # Error classes a sink retry can carry; `error_class` label values (our own class names only).
-SINK_ERROR_CLASSES = ("SinkUnavailableError", "BrokerUnavailableError", "CircuitOpenError")
+SINK_ERROR_CLASSES = ("SinkUnavailableError", "BrokerUnavailableError", "CircuitOpenError", "RegistryUnavailableError")
 
 
 class Metrics:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from consumer.clock import Clock
 from consumer.decoder import Decoder
-from consumer.dlq import DeadLetterSink
+from consumer.dlq import DeadLetterSink, DlqGuard
 from consumer.errors import RecordRejectedError
 from consumer.records import Batch, BatchResult, DeadLetter, DecodedRecord, Stage, TopicCounts
 from consumer.sink import Sink
@@ -42,6 +42,15 @@ def collapse_duplicates(records: Sequence[DecodedRecord], upsert: bool) -> Colla
     return Collapsed(list(winners.values()), runners_up)
 
 
+def dead_positions(batch: Batch, letters: Sequence[DeadLetter]) -> list[int]:
+    """Where in the batch the dead letters sit, for the guard's window; an index of the batch is built only
+    when there are dead letters, so a clean batch costs nothing here."""
+    if not letters:
+        return []
+    index = {(r.topic, r.partition, r.offset): i for i, r in enumerate(batch.records)}
+    return [index[(d.record.topic, d.record.partition, d.record.offset)] for d in letters]
+
+
 @dataclass(slots=True)
 class _Written:
     sunk: Counter[str]
@@ -50,27 +59,37 @@ class _Written:
 
 
 class Pipeline:
-    def __init__(self, decoder: Decoder, sink: Sink, dead_letters: DeadLetterSink, upsert: bool, clock: Clock):
+    def __init__(
+        self, decoder: Decoder, sink: Sink, dead_letters: DeadLetterSink, guard: DlqGuard, upsert: bool,
+        clock: Clock,
+    ) -> None:
         self._decoder = decoder
         self._sink = sink
         self._dead_letters = dead_letters
+        self._guard = guard
         self._upsert = upsert
         self._clock = clock
 
     def process(self, batch: Batch) -> BatchResult:
-        """1. decode, setting poison aside  2. collapse duplicate keys  3. write the rest, isolating rows the
-        database rejects  4. publish poison to the dead-letter topic and wait for its acknowledgement
-        5. hand back next offsets; the runner commits them only after 3 and 4 succeeded.
-        Transient and fatal errors propagate; only record-level failures are dead-lettered."""
+        """1. decode, setting poison aside  2. ask the dead-letter guard, before anything is written
+        3. collapse duplicate keys  4. write the rest, isolating rows the database rejects  5. ask the guard
+        again, now with the rejected rows  6. publish poison to the dead-letter topic and wait for its
+        acknowledgement  7. hand back next offsets; the runner commits them only after 4 and 6 succeeded.
+        Transient and fatal errors propagate, and so does the guard's refusal; only record-level failures
+        are dead-lettered."""
         started = self._clock.monotonic()
         decoded = self._decoder.decode_batch(batch.records)
+        self._guard.check(len(batch), dead_positions(batch, decoded.dead_letters))
         collapsed = collapse_duplicates(decoded.decoded, self._upsert)
         decoded_at = self._clock.monotonic()
         self._sink.prepare(self._decoder.columns())
         written = self._write(collapsed)
         sunk_at = self._clock.monotonic()
         poison = decoded.dead_letters + written.rejected
+        positions = dead_positions(batch, poison)
+        self._guard.check(len(batch), positions)
         self._dead_letters.publish(poison)
+        self._guard.record(len(batch), positions)
         counts: dict[str, TopicCounts] = {}
         for topic, n in decoded.skipped.items():
             counts.setdefault(topic, TopicCounts()).skipped += n

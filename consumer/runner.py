@@ -4,8 +4,10 @@ The loop never waits on the database: while a batch is in the sink it keeps poll
 membership and max.poll.interval.ms survive a slow or absent database), and once a closed batch is
 waiting behind the one in flight it pauses every assigned partition until there is room again.
 At most one batch is in flight and one waits, so memory stays bounded and offsets go out in order.
-Transient failures retry the same batch after a backoff behind the circuit breaker; they never
-dead-letter. Permanent errors end the run without committing.
+Transient failures retry the same batch after a backoff behind the circuit breaker of the dependency
+that failed (sink or schema registry); they never dead-letter. A tripped dead-letter guard holds
+everything (paused, nothing written or committed) until a restart. Permanent errors end the run without
+committing.
 """
 
 from __future__ import annotations
@@ -13,17 +15,20 @@ from __future__ import annotations
 import logging
 import threading
 from collections import deque
+from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from consumer.batcher import Batcher
 from consumer.breaker import BreakerState, CircuitBreaker
 from consumer.clock import Clock
-from consumer.errors import TransientError
+from consumer.errors import GuardTrippedError, RegistryUnavailableError, TransientError
 from consumer.health import HealthState
+from consumer.lag import LagMonitor, oldest_timestamp_ms
 from consumer.metrics import BatchOutcome, BatchStage, Dependency, Metrics, Outcome, RebalanceKind
 from consumer.offsets import OffsetTracker
 from consumer.pipeline import Pipeline
+from consumer.ratelimit import TokenBucket
 from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
 from consumer.retry import Backoff
 from consumer.source import KafkaSource
@@ -32,6 +37,7 @@ from consumer.status import StatusBoard
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.2  # longest poll while nothing is due: bounds how late a stop or a retry is noticed
+_LAG_REFRESH_S = 1.0  # lag gauges and /status refresh this often while idle (local reads, no broker trip)
 
 
 @dataclass(slots=True)
@@ -47,7 +53,7 @@ class Runner:
         batcher: Batcher,
         pipeline: Pipeline,
         offsets: OffsetTracker,
-        breaker: CircuitBreaker,
+        breakers: Mapping[Dependency, CircuitBreaker],
         backoff: Backoff,
         metrics: Metrics,
         health: HealthState,
@@ -55,12 +61,16 @@ class Runner:
         clock: Clock,
         shutdown_timeout_s: float,
         stop: threading.Event,
+        rate_limit: TokenBucket | None = None,
+        lag: LagMonitor | None = None,
     ) -> None:
         self._source = source
         self._batcher = batcher
         self._pipeline = pipeline
         self._offsets = offsets
-        self._breaker = breaker
+        self._breakers = breakers
+        self._rate_limit = rate_limit
+        self._lag = lag or LagMonitor(metrics, clock, _LAG_REFRESH_S)
         self._backoff = backoff
         self._metrics = metrics
         self._health = health
@@ -74,6 +84,8 @@ class Runner:
         self._retry_at = 0.0
         self._paused: set[TopicPartition] = set()
         self._abandoned = False  # set when a stop gives up on the batch in hand: callbacks must not retry it
+        self._guard_held = False  # the dead-letter guard tripped: hold until restarted
+        self._publish_breaker()
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -89,6 +101,11 @@ class Runner:
     def _turn(self) -> None:
         records = self._source.poll(self._batcher.room(), self._poll_timeout())
         self._health.beat()
+        if self._lag.due():
+            self._refresh_lag()
+        if self._guard_held:  # polled only to stay in the group; what arrives is left uncommitted
+            self._hold_or_release()
+            return
         self._waiting.extend(self._batcher.add(records))
         due = self._batcher.close_if_due()
         if due is not None:
@@ -107,18 +124,31 @@ class Runner:
             self._collect(in_flight)
         if self._in_flight is None and self._waiting and self._may_try():
             batch = self._waiting.popleft()
+            if self._rate_limit is not None:
+                self._rate_limit.take(len(batch))
             self._in_flight = _InFlight(batch, self._worker.submit(self._pipeline.process, batch))
-        elif self._offsets.pending() and self._in_flight is None:
+        elif self._offsets.pending() and self._in_flight is None and not self._guard_held:
             self._commit()  # an earlier commit was refused; try again while idle
 
     def _may_try(self) -> bool:
-        return self._clock.monotonic() >= self._retry_at and self._breaker.allows()
+        return self._seconds_until_may_try() <= 0
+
+    def _seconds_until_may_try(self) -> float:
+        """Until the backoff has passed, every breaker lets a probe through and the rate limit has room."""
+        waits = [self._retry_at - self._clock.monotonic()]
+        waits += [breaker.seconds_until_probe() for breaker in self._breakers.values()]
+        if self._rate_limit is not None:
+            waits.append(self._rate_limit.seconds_until_ready())
+        return max(waits)
 
     def _collect(self, in_flight: _InFlight) -> None:
         try:
             result = in_flight.future.result()
         except TransientError as exc:
             self._retry_later(in_flight.batch, exc)
+            return
+        except GuardTrippedError as exc:
+            self._hold_for_guard(in_flight.batch, exc)
             return
         self._breaker_success()
         self._backoff.reset()
@@ -130,7 +160,8 @@ class Runner:
         self._waiting.appendleft(batch)
         delay = self._backoff.next_delay()
         self._retry_at = self._clock.monotonic() + delay
-        self._breaker.record_failure()
+        failed = Dependency.SCHEMA_REGISTRY if isinstance(exc, RegistryUnavailableError) else Dependency.SINK
+        self._breakers[failed].record_failure()
         self._publish_breaker()
         self._metrics.batches_total.labels(BatchOutcome.RETRIED.value).inc()
         self._metrics.sink_retries_total.labels(type(exc).__name__).inc()
@@ -140,19 +171,40 @@ class Runner:
                         type(exc).__name__, "error": str(exc), "retry_in_s": round(delay, 3)})
 
     def _breaker_success(self) -> None:
-        if self._breaker.state is not BreakerState.CLOSED:
-            log.info("sink recovered, circuit breaker closed")
-        self._breaker.record_success()
+        """A batch went through, so every dependency it needed answered."""
+        for dependency, breaker in self._breakers.items():
+            if breaker.state is not BreakerState.CLOSED:
+                log.info("dependency recovered, circuit breaker closed", extra={"dependency": dependency.value})
+            breaker.record_success()
         self._publish_breaker()
         self._health.sink_ok = True
 
     def _publish_breaker(self) -> None:
-        state = self._breaker.state
-        self._metrics.circuit_breaker_state.labels(Dependency.SINK.value).set(int(state))
-        if state is BreakerState.OPEN and not self._health.breaker_open:
-            log.warning("circuit breaker open", extra={"probe_in_s": round(self._breaker.seconds_until_probe(), 3)})
-        self._health.breaker_open = state is BreakerState.OPEN
-        self._status.breaker(state, self._breaker.changed_at)
+        any_open = False
+        for dependency, breaker in self._breakers.items():
+            state = breaker.state
+            self._metrics.circuit_breaker_state.labels(dependency.value).set(int(state))
+            if state is BreakerState.OPEN:
+                any_open = True
+                if not self._health.breaker_open:
+                    log.warning("circuit breaker open", extra={
+                        "dependency": dependency.value, "probe_in_s": round(breaker.seconds_until_probe(), 3)})
+            self._status.breaker(dependency.value, state, breaker.changed_at)
+        self._health.breaker_open = any_open
+
+    def _hold_for_guard(self, batch: Batch, exc: GuardTrippedError) -> None:
+        """Stop dead-lettering and committing for good: drop what is in hand uncommitted, pause everything
+        and keep polling so the group keeps us (and our partitions) until an operator restarts us."""
+        self._guard_held = True
+        self._waiting.clear()
+        dropped = len(batch) + len(self._batcher.flush(CloseReason.SHUTDOWN) or ())
+        self._metrics.dlq_guard_tripped.set(1)
+        self._health.guard_tripped = True
+        self._status.error(exc)
+        self._hold_or_release()
+        log.error("dead-letter guard tripped: holding, nothing more is written, dead-lettered or committed; "
+                  "find the cause (schema, upstream deploy), then restart", extra={
+                      "batch_id": batch.batch_id, "reason": str(exc), "dropped_uncommitted": dropped})
 
     def _commit(self, result: BatchResult | None = None) -> None:
         started = self._clock.monotonic()
@@ -171,10 +223,21 @@ class Runner:
             self._metrics.last_commit_timestamp_seconds.set(now)
             for (topic, partition), offset in outcome.committed.items():
                 self._metrics.committed_offset.labels(topic, str(partition)).set(offset)
-                high = self._source.high_watermark((topic, partition))
-                if high is not None:
-                    self._metrics.lag_records.labels(topic, str(partition)).set(max(0, high - offset))
             self._status.committed(outcome.committed, now)
+            self._refresh_lag()
+
+    def _refresh_lag(self) -> None:
+        """Lag per assigned partition from cached watermarks, aged by the oldest batch in hand (batch-level)."""
+        in_hand = [batch.records[0].timestamp_ms for batch in self._waiting if batch.records]
+        if self._in_flight is not None and self._in_flight.batch.records:
+            in_hand.append(self._in_flight.batch.records[0].timestamp_ms)
+        opened = self._batcher.oldest_timestamp_ms()
+        if opened is not None:
+            in_hand.append(opened)
+        rows = self._lag.refresh(self._offsets.assigned, self._offsets.committed_offset,
+                                 self._source.group_committed, self._source.high_watermark,
+                                 oldest_timestamp_ms(in_hand))
+        self._status.partitions(rows, self._paused)
 
     def _observe(self, result: BatchResult, commit_seconds: float) -> None:
         """Batch-level metric updates only: the hot path does no per-record metric work."""
@@ -191,19 +254,20 @@ class Runner:
         m.batch_duration_seconds.labels(BatchStage.DECODE.value).observe(result.decode_seconds)
         m.batch_duration_seconds.labels(BatchStage.SINK.value).observe(result.sink_seconds)
         m.batch_duration_seconds.labels(BatchStage.COMMIT.value).observe(commit_seconds)
-        m.batch_duration_seconds.labels(BatchStage.TOTAL.value).observe(self._clock.monotonic() - batch.opened_at)
+        total_seconds = self._clock.monotonic() - batch.opened_at
+        m.batch_duration_seconds.labels(BatchStage.TOTAL.value).observe(total_seconds)
         now_ms = self._clock.wall() * 1000
         for record in (batch.records[0], batch.records[-1]):  # the oldest and newest: latency's spread
             if record.timestamp_ms >= 0:
                 m.end_to_end_latency_seconds.observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
-        self._status.batch(result)
+        self._status.batch(result, commit_seconds, total_seconds)
         log.debug("batch committed", extra={"batch_id": batch.batch_id, "records": len(batch),
                                             "reason": batch.close_reason.value})
 
     # --- back-pressure -----------------------------------------------------------------------------
     def _hold_or_release(self) -> None:
         """Pause everything while a closed batch waits (sink busy, retrying or breaker open); resume after."""
-        hold = bool(self._waiting)
+        hold = bool(self._waiting) or self._guard_held
         assigned = self._offsets.assigned
         if hold:
             newly = assigned - self._paused
@@ -233,7 +297,9 @@ class Runner:
         revoked = self._batcher.take(partitions, CloseReason.REVOKE)
         if revoked is not None:
             self._waiting.append(revoked)
-        if not self._abandoned and not self._finish_in_hand(self._clock.monotonic() + self._shutdown_timeout_s):
+        if self._guard_held:
+            pass  # nothing more is committed; the next owner replays these partitions from their last commit
+        elif not self._abandoned and not self._finish_in_hand(self._clock.monotonic() + self._shutdown_timeout_s):
             log.error("could not commit the records in hand before the revoke; the next owner replays them")
         self._release(partitions)
 
@@ -263,12 +329,15 @@ class Runner:
                 continue
             self._advance()
             if self._in_flight is None and self._waiting and not self._may_try():
-                wake = max(self._retry_at, self._clock.monotonic() + self._breaker.seconds_until_probe())
-                self._clock.sleep(max(0.0, min(wake, deadline) - self._clock.monotonic()))
+                self._clock.sleep(max(0.0, min(self._seconds_until_may_try(), deadline - self._clock.monotonic())))
         return self._in_flight is None and not self._waiting
 
     def _shut_down(self) -> int:
         self._health.shutting_down = True
+        if self._guard_held:
+            self._source.close()
+            log.info("stopped while the dead-letter guard held; nothing was committed after it tripped")
+            return 0
         deadline = self._clock.monotonic() + self._shutdown_timeout_s
         last = self._batcher.flush(CloseReason.SHUTDOWN)
         if last is not None:
@@ -276,6 +345,8 @@ class Runner:
         log.info("stopping: finishing the batch in hand", extra={"batches": len(self._waiting) + bool(
             self._in_flight)})
         finished = self._finish_in_hand(deadline)
+        if self._guard_held:  # tripped by the batch in hand: nothing more is committed
+            return self._shut_down()
         if finished and self._offsets.pending():
             self._commit()
         if not finished or self._offsets.pending():

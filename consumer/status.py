@@ -20,7 +20,7 @@ class StatusBoard:
         self._snapshot: dict[str, Any] = {
             "version": version,
             "assignment": [],
-            "breaker": {"state": BreakerState.CLOSED.name.lower(), "since": None},
+            "breaker": {},  # per dependency: {"state": "closed" | "half_open" | "open", "since": wall time}
             "last_batch": None,
             "last_commit_at": None,
             "last_error": None,
@@ -52,8 +52,9 @@ class StatusBoard:
         }
         self._publish()
 
-    def breaker(self, state: BreakerState, since: float) -> None:
-        self._snapshot["breaker"] = {"state": state.name.lower(), "since": since}
+    def breaker(self, dependency: str, state: BreakerState, since: float) -> None:
+        self._snapshot["breaker"] = {**self._snapshot["breaker"], dependency: {"state": state.name.lower(),
+                                                                               "since": since}}
         self._publish()
 
     def error(self, exc: BaseException) -> None:
