@@ -15,6 +15,7 @@ from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
 from consumer import __version__
+from consumer.adaptive import AdaptiveBatchSize
 from consumer.batcher import Batcher
 from consumer.breaker import CircuitBreaker
 from consumer.clock import Clock, SystemClock
@@ -165,7 +166,10 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
         stop=stop,
         rate_limit=TokenBucket(settings.sink_max_records_per_second, clock)
         if settings.sink_max_records_per_second else None,
+        adaptive=AdaptiveBatchSize(settings.batch_target_latency_ms / 1000, settings.batch_max_records)
+        if settings.batch_target_latency_ms else None,
     )
+    metrics.batch_max_records.set(settings.batch_max_records)
     server = HealthServer(settings.metrics_port, registry, health)
     return Application(runner, health, server, metrics, closers=[publisher.close, sink.close])
 

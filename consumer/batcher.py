@@ -30,7 +30,11 @@ class Batcher:
 
     def room(self) -> int:
         """Records the open batch can still take before it closes on count."""
-        return self._max_records - len(self._records)
+        return max(0, self._max_records - len(self._records))
+
+    def set_max_records(self, max_records: int) -> None:
+        """A new count limit (adaptive batching); an open batch already at it closes on the next check."""
+        self._max_records = max_records
 
     def add(self, records: Sequence[RawRecord]) -> list[Batch]:
         """Append polled records; return the batches that closed on count or bytes, oldest first."""
@@ -58,6 +62,8 @@ class Batcher:
         return max(0.0, self._opened_at + self._max_wait_s - self._clock.monotonic())
 
     def close_if_due(self) -> Batch | None:
+        if self._records and len(self._records) >= self._max_records:
+            return self._close(CloseReason.RECORDS)  # the limit shrank under the open batch
         remaining = self.seconds_until_due()
         if remaining is None or remaining > 0:
             return None

@@ -116,6 +116,11 @@ class Metrics:
         self.dlq_guard_tripped = Gauge(
             "consumer_dlq_guard_tripped", "1 while the dead-letter guard holds the service.", registry=registry
         )
+        self.batch_max_records = Gauge(
+            "consumer_batch_max_records",
+            "The record count batches close at now: BATCH_MAX_RECORDS, or less under BATCH_TARGET_LATENCY_MS.",
+            registry=registry,
+        )
         self.commit_failures_total = Counter(
             "consumer_commit_failures_total", "Offset commits the broker refused (replayed harmlessly).",
             registry=registry,

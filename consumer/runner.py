@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
+from consumer.adaptive import AdaptiveBatchSize
 from consumer.batcher import Batcher
 from consumer.breaker import BreakerState, CircuitBreaker
 from consumer.clock import Clock
@@ -62,6 +63,7 @@ class Runner:
         shutdown_timeout_s: float,
         stop: threading.Event,
         rate_limit: TokenBucket | None = None,
+        adaptive: AdaptiveBatchSize | None = None,
         lag: LagMonitor | None = None,
     ) -> None:
         self._source = source
@@ -70,6 +72,7 @@ class Runner:
         self._offsets = offsets
         self._breakers = breakers
         self._rate_limit = rate_limit
+        self._adaptive = adaptive
         self._lag = lag or LagMonitor(metrics, clock, _LAG_REFRESH_S)
         self._backoff = backoff
         self._metrics = metrics
@@ -152,6 +155,10 @@ class Runner:
             return
         self._breaker_success()
         self._backoff.reset()
+        if self._adaptive is not None:
+            limit = self._adaptive.observe(len(result.batch), result.sink_seconds)
+            self._batcher.set_max_records(limit)
+            self._metrics.batch_max_records.set(limit)
         self._offsets.handled(result.next_offsets)
         self._commit(result)
 

@@ -123,3 +123,14 @@ def test_next_offsets() -> None:
     b.add([rec(5, 0), rec(9, 1), rec(6, 0)])
     batch = b.flush(CloseReason.SHUTDOWN)
     assert batch.next_offsets() == {("t", 0): 7, ("t", 1): 10}
+
+
+def test_a_shrunk_limit_closes_the_open_batch_at_the_next_check_and_applies_to_the_next() -> None:
+    b, _ = make(max_records=100)
+    assert b.add([rec(i) for i in range(30)]) == []
+    b.set_max_records(20)  # adaptive batching learned the sink is slow
+    assert b.room() == 0
+    closed = b.close_if_due()
+    assert closed is not None and closed.close_reason is CloseReason.RECORDS and len(closed) == 30
+    assert [len(x) for x in b.add([rec(i) for i in range(30, 75)])] == [20, 20]
+    assert len(b) == 5
