@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from consumer.clock import Clock
 from consumer.decoder import Decoder
@@ -56,6 +57,15 @@ class _Written:
     sunk: Counter[str]
     duplicate: Counter[str]
     rejected: list[DeadLetter]
+
+
+class BatchProcessor(Protocol):
+    """What the runner hands a closed batch to, on its worker thread, one batch at a time."""
+
+    def process(self, batch: Batch) -> BatchResult:
+        """Write the batch and publish its dead letters, then return its next offsets. Safe to repeat after
+        a failure. Raises TransientError (retry later), GuardTrippedError (hold) or PermanentError (stop)."""
+        ...
 
 
 class Pipeline:

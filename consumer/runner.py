@@ -28,11 +28,11 @@ from consumer.health import HealthState
 from consumer.lag import LagMonitor, oldest_timestamp_ms
 from consumer.metrics import BatchOutcome, BatchStage, Dependency, Metrics, Outcome, RebalanceKind
 from consumer.offsets import OffsetTracker
-from consumer.pipeline import Pipeline
+from consumer.pipeline import BatchProcessor
 from consumer.ratelimit import TokenBucket
 from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
 from consumer.retry import Backoff
-from consumer.source import KafkaSource
+from consumer.source import Source
 from consumer.status import StatusBoard
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,9 @@ class _InFlight:
 class Runner:
     def __init__(
         self,
-        source: KafkaSource,
+        source: Source,
         batcher: Batcher,
-        pipeline: Pipeline,
+        pipeline: BatchProcessor,
         offsets: OffsetTracker,
         breakers: Mapping[Dependency, CircuitBreaker],
         backoff: Backoff,

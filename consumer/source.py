@@ -51,6 +51,31 @@ class CommitOutcome:
     during_rebalance: bool = False  # refused only because the group moved on (librdkafka #4059)
 
 
+class Source(Protocol):
+    """Where records come from, called only on the polling thread. `poll` runs the rebalance callbacks;
+    nothing here blocks longer than its timeout except `commit` (synchronous) and `close`."""
+
+    def subscribe(self, listener: RebalanceListener) -> None: ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        """Up to `max_records` records of unpaused partitions; raises FatalError or BrokerUnavailableError."""
+        ...
+
+    def pause(self, partitions: Collection[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> CommitOutcome:
+        """Commit synchronously; a refusal is returned, not raised; raises FatalError."""
+        ...
+
+    def high_watermark(self, partition: TopicPartition) -> int | None: ...
+
+    def group_committed(self, partition: TopicPartition) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
 def _to_raw(message: Message) -> RawRecord:
     timestamp_type, timestamp = message.timestamp()
     headers: Any = message.headers() or ()

@@ -1,0 +1,202 @@
+"""The runner's pipelining rules, on fakes: the sink runs off the polling thread with at most one batch
+in flight and a bounded queue behind it; offsets are committed strictly in batch order and only for
+batches that went through; a failure of batch n keeps batch n+1 from committing; the breaker and the
+dead-letter guard hold partitions paused while the loop keeps polling.
+
+The runner runs in a thread with the real clock; tests wait on what the fakes observed, never on time.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import pytest
+from fakes import FakePipeline, FakeSource
+from prometheus_client import CollectorRegistry
+from support.waiting import wait_until
+
+from consumer.batcher import Batcher
+from consumer.breaker import CircuitBreaker
+from consumer.clock import SystemClock
+from consumer.errors import FatalError, GuardTrippedError, SinkUnavailableError
+from consumer.health import HealthState
+from consumer.metrics import Dependency, Metrics
+from consumer.offsets import OffsetTracker
+from consumer.retry import Backoff
+from consumer.runner import Runner
+from consumer.status import StatusBoard
+
+TOPIC = "t"
+PARTITIONS = [(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]
+BATCH = 50
+WAIT_S = 10.0
+
+
+@dataclass
+class Running:
+    runner: Runner
+    source: FakeSource
+    pipeline: FakePipeline
+    registry: CollectorRegistry
+    health: HealthState
+    stop: threading.Event
+    exit_code: Future[int]
+
+    def stopped(self) -> int:
+        self.stop.set()
+        return self.exit_code.result(timeout=WAIT_S)
+
+
+StartRunner = Callable[..., Running]
+
+
+@pytest.fixture
+def start() -> Iterator[StartRunner]:
+    started: list[Running] = []
+
+    def run(breaker_threshold: int = 100, max_wait_s: float = 60.0) -> Running:
+        clock = SystemClock()
+        source, pipeline = FakeSource(PARTITIONS), FakePipeline()
+        registry = CollectorRegistry()
+        metrics = Metrics(registry, [TOPIC])
+        health = HealthState(clock, 60)
+        stop = threading.Event()
+        runner = Runner(
+            source=source,
+            batcher=Batcher(BATCH, 10**9, max_wait_s, clock),
+            pipeline=pipeline,
+            offsets=OffsetTracker(),
+            breakers={d: CircuitBreaker(breaker_threshold, 0.05, clock) for d in Dependency},
+            backoff=Backoff(0.001, 0.01),
+            metrics=metrics,
+            health=health,
+            status=StatusBoard(health, "test", {}),
+            clock=clock,
+            shutdown_timeout_s=WAIT_S,
+            stop=stop,
+        )
+        exit_code: Future[int] = Future()
+
+        def loop() -> None:
+            try:
+                exit_code.set_result(runner.run())
+            except BaseException as exc:  # noqa: BLE001 - handed to the test through the future
+                exit_code.set_exception(exc)
+
+        threading.Thread(target=loop, name="runner-under-test", daemon=True).start()
+        running = Running(runner, source, pipeline, registry, health, stop, exit_code)
+        started.append(running)
+        return running
+
+    yield run
+    for running in started:
+        running.stop.set()
+        for gate in running.pipeline.gates.values():
+            gate.set()
+
+
+def _feed_all(source: FakeSource, per_partition: int) -> None:
+    for partition in PARTITIONS:
+        source.feed(partition, per_partition)
+
+
+def _all_committed(source: FakeSource, per_partition: int) -> bool:
+    return source.last_committed() == dict.fromkeys(PARTITIONS, per_partition)
+
+
+def test_a_slow_batch_holds_the_queue_at_one_waiting_batch_and_commits_go_out_in_order(start: StartRunner) -> None:
+    running = start()
+    source, pipeline = running.source, running.pipeline
+    slow = pipeline.gate(1)
+    _feed_all(source, 100)
+    wait_until(lambda: source.paused, WAIT_S, "every partition paused behind the slow batch",
+               until=lambda paused: paused == set(PARTITIONS))
+    polls = source.polls
+    wait_until(lambda: source.polls, WAIT_S, "polling to go on while paused", until=lambda n: n > polls + 5)
+    # in flight (50) + one closed batch waiting (50) + the open batch (under 50): the backlog stays outside
+    assert source.handed_out < 3 * BATCH
+    assert source.commits == []
+    slow.set()
+    wait_until(lambda: _all_committed(source, 100), WAIT_S, "all 300 offsets committed")
+    ids = [b.batch_id for b in pipeline.processed]
+    assert ids == sorted(ids)
+    for partition in PARTITIONS:  # each commit of a partition is past the one before it
+        series = [c[partition] for c in source.commits if partition in c]
+        assert series == sorted(set(series))
+    assert running.stopped() == 0
+
+
+def test_a_transient_failure_retries_the_same_batch_before_any_later_one(start: StartRunner) -> None:
+    running = start()
+    source, pipeline = running.source, running.pipeline
+    pipeline.failures[1] = [SinkUnavailableError("db away"), SinkUnavailableError("db still away")]
+    _feed_all(source, 100)
+    wait_until(lambda: _all_committed(source, 100), WAIT_S, "all 300 offsets committed")
+    assert pipeline.attempts[:3] == [1, 1, 1]
+    assert [b.batch_id for b in pipeline.processed] == sorted(set(pipeline.attempts))
+    first = pipeline.processed[0]
+    assert source.commits[0] == first.next_offsets()  # nothing committed before batch 1 went through
+    assert running.registry.get_sample_value("consumer_batches_total", {"outcome": "retried"}) == 2
+    assert running.stopped() == 0
+
+
+def test_a_permanent_failure_in_batch_n_keeps_batch_n_plus_1_from_committing(start: StartRunner) -> None:
+    running = start()
+    source, pipeline = running.source, running.pipeline
+    second = pipeline.gate(2)
+    pipeline.failures[2] = [FatalError("permission denied for table events")]
+    _feed_all(source, 100)
+    wait_until(lambda: source.paused, WAIT_S, "batch 3 waiting behind batch 2",
+               until=lambda paused: paused == set(PARTITIONS))
+    second.set()
+    with pytest.raises(FatalError):
+        running.exit_code.result(timeout=WAIT_S)
+    committed_batches = [b.batch_id for b in pipeline.processed]
+    assert committed_batches == [1]
+    assert source.commits == [pipeline.processed[0].next_offsets()]
+
+
+def test_an_open_breaker_keeps_partitions_paused_and_polling_until_the_sink_answers(start: StartRunner) -> None:
+    running = start(breaker_threshold=2)
+    source, pipeline = running.source, running.pipeline
+    pipeline.failures[1] = [SinkUnavailableError("connection refused")] * 6
+    _feed_all(source, 100)
+    wait_until(lambda: running.health.breaker_open, WAIT_S, "the breaker to open")
+    assert source.paused == set(PARTITIONS)
+    polls = source.polls
+    wait_until(lambda: source.polls, WAIT_S, "polling to go on", until=lambda n: n > polls + 5)
+    assert source.commits == []
+    wait_until(lambda: _all_committed(source, 100), WAIT_S, "all 300 offsets committed after recovery")
+    assert not running.health.breaker_open and source.paused == set()
+    assert running.stopped() == 0
+
+
+def test_a_tripped_guard_holds_everything_uncommitted_and_a_stop_exits_0(start: StartRunner) -> None:
+    running = start()
+    source, pipeline = running.source, running.pipeline
+    pipeline.failures[2] = [GuardTrippedError("too many dead letters")]
+    _feed_all(source, 100)
+    wait_until(lambda: running.health.guard_tripped, WAIT_S, "the guard to hold")
+    polls = source.polls
+    wait_until(lambda: source.polls, WAIT_S, "polling to go on", until=lambda n: n > polls + 5)
+    assert source.paused == set(PARTITIONS)
+    assert [b.batch_id for b in pipeline.processed] == [1]
+    assert source.commits == [pipeline.processed[0].next_offsets()]
+    assert running.registry.get_sample_value("consumer_dlq_guard_tripped") == 1
+    assert running.stopped() == 0
+    assert source.commits == [pipeline.processed[0].next_offsets()]  # the stop committed nothing more
+    assert source.closed
+
+
+def test_a_stop_finishes_and_commits_the_batch_in_hand(start: StartRunner) -> None:
+    running = start(max_wait_s=3600.0)  # the open batch would never close on time by itself
+    source = running.source
+    for partition in PARTITIONS:
+        source.feed(partition, 10)
+    wait_until(lambda: source.polls, WAIT_S, "a few polls", until=lambda n: n > 5)
+    assert source.commits == []
+    assert running.stopped() == 0
+    assert _all_committed(source, 10)
