@@ -30,6 +30,7 @@ from consumer.decoder import (
 from consumer.dlq import DlqGuard, KafkaDeadLetterPublisher
 from consumer.errors import ConfigError, TransientError
 from consumer.health import HealthServer, HealthState
+from consumer.logs import secret_values
 from consumer.metrics import Dependency, Metrics
 from consumer.offsets import OffsetTracker
 from consumer.pipeline import Pipeline
@@ -132,7 +133,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     registry = CollectorRegistry()
     metrics = Metrics(registry, settings.consumer_topics)
     health = HealthState(clock, settings.liveness_window_s)
-    status = StatusBoard(health, __version__, settings.masked())
+    status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s)
     values, fields = build_value_decoder(settings)
     decoder = Decoder(values, key_source(settings.idempotency_key, fields), settings.idempotency_key,
                       settings.max_record_bytes)
@@ -170,7 +171,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
         if settings.batch_target_latency_ms else None,
     )
     metrics.batch_max_records.set(settings.batch_max_records)
-    server = HealthServer(settings.metrics_port, registry, health)
+    server = HealthServer(settings.metrics_port, registry, health, secret_values(settings))
     return Application(runner, health, server, metrics, closers=[publisher.close, sink.close])
 
 

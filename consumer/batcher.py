@@ -55,6 +55,10 @@ class Batcher:
                 closed.append(self._close(CloseReason.BYTES))
         return closed
 
+    def oldest_timestamp_ms(self) -> int | None:
+        """Kafka timestamp of the open batch's first record (its oldest, for consumer_lag_seconds)."""
+        return self._records[0].timestamp_ms if self._records else None
+
     def seconds_until_due(self) -> float | None:
         """Time left before the open batch closes on time; None when it is empty."""
         if not self._records:

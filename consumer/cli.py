@@ -16,7 +16,7 @@ from types import FrameType
 
 from consumer import __version__
 from consumer.errors import ConfigError, PermanentError
-from consumer.logs import configure
+from consumer.logs import configure, secret_values
 from consumer.settings import Settings, load_settings
 
 log = logging.getLogger("consumer")
@@ -59,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             return run_demo(records=args.records, keep_running=args.keep_running)
         settings = load_settings()
-        configure(settings.log_level.value, settings.log_format.value)
+        configure(settings.log_level.value, settings.log_format.value, secret_values(settings))
         if args.command == "check":
             from consumer.check import run_check
 

@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.clock import Clock
+from consumer.logs import redactor
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +53,19 @@ class HealthState:
         return None
 
 
+def status_body(state: HealthState) -> dict[str, Any]:
+    """The runner's snapshot plus what only the probes know right now (liveness, readiness, the guard)."""
+    reason = state.not_ready_because()
+    guard = {**state.status.get("guard", {}), "tripped": state.guard_tripped}
+    return {**state.status, "live": state.live(), "ready": reason is None, "not_ready_because": reason,
+            "shutting_down": state.shutting_down, "guard": guard}
+
+
 class HealthServer:
-    def __init__(self, port: int, registry: CollectorRegistry, state: HealthState) -> None:
-        handler = _handler(registry, state)
+    def __init__(
+        self, port: int, registry: CollectorRegistry, state: HealthState, secrets: Iterable[str] = ()
+    ) -> None:
+        handler = _handler(registry, state, redactor(secrets))
         self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
@@ -71,7 +83,9 @@ class HealthServer:
         self._server.server_close()
 
 
-def _handler(registry: CollectorRegistry, state: HealthState) -> type[BaseHTTPRequestHandler]:
+def _handler(
+    registry: CollectorRegistry, state: HealthState, redact: Callable[[str], str]
+) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -84,12 +98,12 @@ def _handler(registry: CollectorRegistry, state: HealthState) -> type[BaseHTTPRe
                 reason = state.not_ready_because()
                 self._send_json(503 if reason else 200, {"status": reason or "ready"})
             elif path == "/status":
-                self._send_json(200, state.status)
+                self._send_json(200, status_body(state))
             else:
                 self._send_json(404, {"error": "not found"})
 
         def _send_json(self, code: int, body: Any) -> None:
-            self._send(code, json.dumps(body, default=str).encode("utf-8"), "application/json")
+            self._send(code, redact(json.dumps(body, default=str)).encode("utf-8"), "application/json")
 
         def _send(self, code: int, body: bytes, content_type: str) -> None:
             self.send_response(code)

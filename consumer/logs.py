@@ -8,8 +8,13 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import re
 import sys
+from collections.abc import Callable, Iterable
 from typing import Any
+from urllib.parse import unquote
+
+from consumer.settings import Settings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -42,9 +47,54 @@ class TextFormatter(logging.Formatter):
         return text + ("  " + " ".join(f"{k}={v}" for k, v in context.items()) if context else "")
 
 
-def configure(level: str, fmt: str) -> None:
+class RedactingFormatter(logging.Formatter):
+    """Formats with `inner`, then masks every known secret: whatever an exception message or a library
+    put into the line, the password does not reach the log."""
+
+    def __init__(self, inner: logging.Formatter, redact: Callable[[str], str]) -> None:
+        super().__init__()
+        self._inner = inner
+        self._redact = redact
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._redact(self._inner.format(record))
+
+
+def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
+    """Replace every occurrence of each secret (longest first) by `***`."""
+    known = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
+
+    def redact(text: str) -> str:
+        for secret in known:
+            text = text.replace(secret, "***")
+        return text
+
+    return redact
+
+
+def url_password(url: str) -> list[str]:
+    """The password of a `scheme://user:password@host` URL as written and percent-decoded; [] when none."""
+    found = re.search(r"://[^:/@]+:([^@]*)@", url)
+    return [found.group(1), unquote(found.group(1))] if found and found.group(1) else []
+
+
+def secret_values(settings: Settings) -> list[str]:
+    """Every secret the settings hold: the SASL password, the sink URL's password, the password file's text."""
+    secrets = url_password(settings.sink_url)
+    if settings.kafka_sasl_password is not None:
+        secrets.append(settings.kafka_sasl_password.get_secret_value())
+    if settings.sink_password_file is not None:
+        try:
+            secrets.append(settings.sink_password_file.read_text(encoding="utf-8").strip())
+        except OSError:
+            pass  # unreadable: the sink reports it when it builds its engine
+    return [secret for secret in secrets if secret]
+
+
+def configure(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    inner = JsonFormatter() if fmt == "json" else TextFormatter()
+    handler.setFormatter(RedactingFormatter(inner, redactor(secrets)))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -136,6 +136,7 @@ class Settings(BaseSettings):
     liveness_window_s: PositiveInt = Field(60, description="/healthz fails after this long without a poll, s.")
     log_level: LogLevel = Field(LogLevel.INFO, description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(LogFormat.JSON, description="`json` or `text`.")
+    log_summary_interval_s: PositiveInt = Field(60, description="Period of the INFO summary line, s.")
 
     @field_validator("consumer_topics", mode="before")
     @classmethod

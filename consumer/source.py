@@ -6,6 +6,7 @@ Assignment is cooperative-sticky; the rebalance callbacks run inside `poll()` on
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
@@ -90,13 +91,33 @@ class KafkaSource:
     def __init__(self, config: Mapping[str, Any], topics: list[str]) -> None:
         self._topics = topics
         self._fatal: KafkaError | None = None
-        self._consumer = Consumer({**config, "error_cb": self._on_error})
+        self._group_committed: dict[TopicPartition, int] = {}
+        self._consumer = Consumer({**config, "error_cb": self._on_error, "stats_cb": self._on_stats})
         self._listener: RebalanceListener | None = None
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self._fatal = error
         log.warning("kafka client error", extra={"error": error.str(), "code": error.name()})
+
+    def _on_stats(self, report: str) -> None:
+        """librdkafka statistics (every `statistics.interval.ms`, inside poll): keep each partition's
+        committed offset as the group knows it, or its low watermark when the group has none yet."""
+        try:
+            topics = json.loads(report).get("topics", {})
+        except json.JSONDecodeError:
+            return
+        known: dict[TopicPartition, int] = {}
+        for topic, described in topics.items():
+            for partition, stats in described.get("partitions", {}).items():
+                committed, low = stats.get("committed_offset", -1), stats.get("lo_offset", -1)
+                if int(partition) >= 0 and (committed >= 0 or low >= 0):
+                    known[(topic, int(partition))] = committed if committed >= 0 else low
+        self._group_committed = known
+
+    def group_committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset from the last statistics report (no broker round trip)."""
+        return self._group_committed.get(partition)
 
     def subscribe(self, listener: RebalanceListener) -> None:
         self._listener = listener

@@ -1,0 +1,89 @@
+"""Metrics: attribute names follow the exposed names, and the exported set matches the contract's table."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics import MetricWrapperBase
+
+from consumer.metrics import Metrics
+
+CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
+_TYPES = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
+
+
+def _declared() -> dict[str, MetricWrapperBase]:
+    metrics = Metrics(CollectorRegistry(), ["t"])
+    return {name: value for name, value in vars(metrics).items() if isinstance(value, MetricWrapperBase)}
+
+
+def _exposed_name(metric: MetricWrapperBase) -> str:
+    name: str = metric._name  # prometheus_client keeps the name without `_total` for counters
+    return f"{name}_total" if isinstance(metric, Counter) else name
+
+
+def _type_of(metric: MetricWrapperBase) -> str:
+    return next(kind for cls, kind in _TYPES.items() if isinstance(metric, cls))
+
+
+def contract_metrics(text: str) -> dict[str, tuple[str, frozenset[str]]]:
+    """The contract's metric table: exposed name -> (type, label names)."""
+    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    table: dict[str, tuple[str, frozenset[str]]] = {}
+    for line in section.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[0].startswith("`consumer_"):
+            continue
+        name = cells[0].strip("`")
+        described = re.split(r"[;:]", re.sub(r"\([^)]*\)", "", cells[2]))[0]
+        without_values = re.sub(r"=\s*`[^`]*`(\s*,\s*`[^`]*`)*", "", described)
+        labels = frozenset(re.findall(r"`([a-z_]+)`", without_values))
+        table[name] = (cells[1], labels)
+    return table
+
+
+def test_every_attribute_is_its_exposed_name_minus_the_prefix() -> None:
+    """`metrics.records_total` is `consumer_records_total`: grep for either finds both (counters keep `_total`)."""
+    declared = _declared()
+    assert declared, "Metrics declares no metric attributes"
+    for attribute, metric in declared.items():
+        exposed = _exposed_name(metric)
+        assert exposed.startswith("consumer_"), exposed
+        assert attribute == exposed.removeprefix("consumer_"), (attribute, exposed)
+        assert attribute.endswith("_total") == isinstance(metric, Counter), attribute
+
+
+def test_the_contract_parser_reads_types_and_labels() -> None:
+    sample = """## Metrics (Prometheus)
+
+| metric | type | labels |
+| --- | --- | --- |
+| `consumer_a_total` | counter | `topic`, `outcome` = `x`, `y` |
+| `consumer_b` | histogram | |
+| `consumer_c` | gauge | `topic`, `partition`: what it means |
+| `consumer_d` | gauge | `dependency` = `sink`, `schema_registry`; 0 closed |
+
+## Next
+| `consumer_not_a_metric` | gauge | |
+"""
+    assert contract_metrics(sample) == {
+        "consumer_a_total": ("counter", frozenset({"topic", "outcome"})),
+        "consumer_b": ("histogram", frozenset()),
+        "consumer_c": ("gauge", frozenset({"topic", "partition"})),
+        "consumer_d": ("gauge", frozenset({"dependency"})),
+    }
+
+
+def test_exported_metrics_match_the_contract_table() -> None:
+    if not CONTRACT.is_file():
+        pytest.skip(f"no contract at {CONTRACT} (../shared beside the repository)")
+    contract = contract_metrics(CONTRACT.read_text(encoding="utf-8"))
+    assert len(contract) >= 16, f"contract table not parsed: {sorted(contract)}"
+    exported = {_exposed_name(m): (_type_of(m), frozenset(m._labelnames)) for m in _declared().values()}
+    missing = sorted(set(contract) - set(exported))
+    assert not missing, f"contract metrics not exported: {missing}"
+    for name, (kind, labels) in contract.items():
+        assert exported[name] == (kind, labels), name
