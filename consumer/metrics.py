@@ -11,7 +11,7 @@ from itertools import product
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from consumer.records import CloseReason
+from consumer.records import CloseReason, Stage
 
 
 class Outcome(StrEnum):
@@ -56,6 +56,14 @@ _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0
 
 # Error classes a sink retry can carry; `error_class` label values (our own class names only).
 SINK_ERROR_CLASSES = ("SinkUnavailableError", "BrokerUnavailableError", "CircuitOpenError", "RegistryUnavailableError")
+
+# Poison classes per dead-letter stage (our PoisonRecordError subclasses): `consumer_dead_letters_total` labels.
+DEAD_LETTER_CLASSES = {
+    Stage.DECODE: ("DecodeError", "RecordTooLargeError"),
+    Stage.VALIDATE: ("RecordInvalidError", "MissingKeyError"),
+    Stage.TRANSFORM: ("TransformError",),
+    Stage.SINK: ("RecordRejectedError",),
+}
 
 
 class Metrics:
@@ -121,6 +129,10 @@ class Metrics:
             "The record count batches close at now: BATCH_MAX_RECORDS, or less under BATCH_TARGET_LATENCY_MS.",
             registry=registry,
         )
+        self.dead_letters_total = Counter(
+            "consumer_dead_letters_total", "Records dead-lettered, by stage and error class.",
+            ["stage", "error_class"], registry=registry,
+        )
         self.commit_failures_total = Counter(
             "consumer_commit_failures_total", "Offset commits the broker refused (replayed harmlessly).",
             registry=registry,
@@ -142,6 +154,9 @@ class Metrics:
             self.rebalances_total.labels(kind.value)
         for reason in CloseReason:
             self.batches_closed_total.labels(reason.value)
+        for dead_letter_stage, error_classes in DEAD_LETTER_CLASSES.items():
+            for error_class in error_classes:
+                self.dead_letters_total.labels(dead_letter_stage.value, error_class)
 
     def partition_assigned(self, topic: str, partition: int) -> None:
         for gauge in (self.lag_records, self.committed_offset, self.lag_seconds):

@@ -101,16 +101,19 @@ class Pipeline:
         self._dead_letters.publish(poison)
         self._guard.record(len(batch), positions)
         counts: dict[str, TopicCounts] = {}
+        kinds: Counter[tuple[str, str]] = Counter()
         for topic, n in decoded.skipped.items():
             counts.setdefault(topic, TopicCounts()).skipped += n
         for letter in poison:
             counts.setdefault(letter.record.topic, TopicCounts()).dlq += 1
+            kinds[(letter.stage.value, letter.error_class)] += 1
         for topic, n in written.sunk.items():
             counts.setdefault(topic, TopicCounts()).sunk += n
         for topic, n in written.duplicate.items():
             counts.setdefault(topic, TopicCounts()).duplicate += n
         return BatchResult(
             batch=batch, next_offsets=batch.next_offsets(), counts=counts, dead_letters=len(poison),
+            dead_letter_kinds=dict(kinds),
             decode_seconds=decoded_at - started, sink_seconds=sunk_at - decoded_at,
         )
 

@@ -119,3 +119,4 @@ class BatchResult:
     dead_letters: int = 0
     decode_seconds: float = 0.0
     sink_seconds: float = 0.0
+    dead_letter_kinds: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (stage, error_class) -> n

@@ -254,6 +254,8 @@ class Runner:
                                (Outcome.DLQ, counts.dlq), (Outcome.SKIPPED, counts.skipped)):
                 if n:
                     m.records_total.labels(topic, outcome.value).inc(n)
+        for (stage, error_class), n in result.dead_letter_kinds.items():
+            m.dead_letters_total.labels(stage, error_class).inc(n)
         m.batches_total.labels(BatchOutcome.COMMITTED.value).inc()
         m.batch_records.observe(len(batch))
         m.batch_bytes.observe(batch.value_bytes)

@@ -23,8 +23,8 @@ SETTINGS = {"DLQ_MAX_RATIO": 0.2, "DLQ_GUARD_MIN_RECORDS": 1000, "SINK_URL": "po
 def _result(n: int, batch_id: int = 1) -> BatchResult:
     records = [RawRecord("t", 0, i, 1_700_000_000_000, None, b"v") for i in range(n)]
     batch = Batch(batch_id, records, CloseReason.RECORDS, n, 0.0)
-    return BatchResult(batch, batch.next_offsets(), {"t": TopicCounts(sunk=n - 2, duplicate=1, dlq=1)}, 1,
-                       0.25, 0.5)
+    return BatchResult(batch, batch.next_offsets(), {"t": TopicCounts(sunk=n - 2, duplicate=1, dlq=1)},
+                       dead_letters=1, decode_seconds=0.25, sink_seconds=0.5)
 
 
 def _board(clock: FakeClock, summary_s: float = 60.0) -> tuple[HealthState, StatusBoard]:
