@@ -13,7 +13,7 @@ $(BIN)/consumer: pyproject.toml
 install: $(BIN)/consumer
 
 lint: install
-	$(BIN)/ruff check consumer tests
+	$(BIN)/ruff check consumer tests ops
 	$(BIN)/mypy consumer
 
 test: install
@@ -27,3 +27,7 @@ test-integration: install
 
 demo: install
 	$(BIN)/python -m consumer demo
+
+# Ceilings and the service side by side in one run (see README, Performance); BENCH_RECORDS=20000 for a quick one.
+bench: install
+	BENCH_RECORDS=$(BENCH_RECORDS) $(BIN)/python -m ops.bench
