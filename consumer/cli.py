@@ -1,4 +1,5 @@
-"""Command line: `run`, `check`, `demo`. Exit codes: 0 clean stop, 2 configuration error, 1 anything else.
+"""Command line: `run`, `check`, `demo`, `dlq inspect`, `dlq replay`, `produce`.
+Exit codes: 0 clean stop, 2 configuration error, 1 anything else.
 
 The package's only broad `except Exception` lives here, in `main`, to turn an unforeseen failure into one
 logged line and exit code 1 instead of a bare traceback (as arroyo's StreamProcessor.run does).
@@ -27,6 +28,8 @@ _EPILOG = """examples:
   CONSUMER_TOPICS=events SCHEMA_FILE=schemas/event.avsc KAFKA_BOOTSTRAP_SERVERS=localhost:9092 consumer run
   consumer check            # validate settings, reach the broker, the sink and the schema; exit 0/1
   consumer demo --records 2000
+  consumer dlq inspect --stage sink      # why records were dead-lettered; `dlq replay` puts them back
+  consumer produce --count 10000 --poison-ratio 0.01
 settings are environment variables (or a .env file); see the README for every one."""
 
 
@@ -48,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--records", type=int, default=5000, help="events to produce (default 5000)")
     demo.add_argument("--keep-running", action="store_true", help="keep serving until Ctrl-C")
+    demo.add_argument("--format", choices=("text", "json"), default="text", help="output format of the summary")
+    from consumer.tools import add_tool_parsers
+
+    add_tool_parsers(commands)  # dlq inspect, dlq replay, produce
     return parser
 
 
@@ -57,7 +64,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from consumer.demo import run_demo
 
-            return run_demo(records=args.records, keep_running=args.keep_running)
+            return run_demo(records=args.records, keep_running=args.keep_running, fmt=args.format)
+        if args.command in ("dlq", "produce"):
+            from consumer.tools import run_tool
+
+            return run_tool(args)
         settings = load_settings()
         configure(settings.log_level.value, settings.log_format.value, secret_values(settings))
         if args.command == "check":

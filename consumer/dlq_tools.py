@@ -1,0 +1,566 @@
+"""`dlq inspect`: read the dead-letter topic without disturbing any consumer group, summarise and list it.
+
+The reader assigns every partition and reads from a start offset up to the end it saw when it got there
+(librdkafka's partition EOF, which comes from the high watermark of a fetch response). ListOffsets is not
+used: Tansu answers it wrongly once a partition holds multi-record batches. Inspecting never joins a group
+and never commits, so neither the service's group nor the replay's position moves.
+
+The selection (filters) and the reader are shared with `dlq replay` (consumer/dlq_replay.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from rich.console import Console
+from rich.table import Table
+
+from consumer.decoder import ValueDecoder
+from consumer.dlq import HEADER_PREFIX
+from consumer.errors import BrokerUnavailableError, ConfigError, ConsumerError, FatalError
+from consumer.records import RawRecord, Stage
+from consumer.schema import to_json_text
+from consumer.settings import Settings
+
+# The contract's dead-letter headers (CONTRACT.md "Dead-letter records"); a unit test checks these are
+# exactly the names consumer.dlq.dead_letter_headers writes.
+ORIGINAL_TOPIC = "dlq.original.topic"
+ORIGINAL_PARTITION = "dlq.original.partition"
+ORIGINAL_OFFSET = "dlq.original.offset"
+ORIGINAL_TIMESTAMP = "dlq.original.timestamp"
+STAGE = "dlq.stage"
+ERROR_CLASS = "dlq.error.class"
+ERROR_MESSAGE = "dlq.error.message"
+CONSUMER_GROUP = "dlq.consumer.group"
+FAILED_AT = "dlq.failed.at"
+ATTEMPTS = "dlq.attempts"
+CONTRACT_HEADERS = (
+    ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, STAGE, ERROR_CLASS, ERROR_MESSAGE,
+    CONSUMER_GROUP, FAILED_AT, ATTEMPTS,
+)
+# Added by `dlq replay` to each record it re-publishes: how many times this record has been replayed.
+REPLAY_COUNT = "dlq.replay.count"
+# Without these a record cannot be told apart from any other: it is reported as foreign.
+REQUIRED_HEADERS = (ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, STAGE, ERROR_CLASS)
+
+_PREVIEW_CHARS = 60
+_MESSAGE_CHARS = 80
+_POLL_RECORDS = 1000
+_POLL_TIMEOUT_S = 1.0
+_RELATIVE = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+# --- records -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DlqEntry:
+    """One dead-letter record: where it sits in the DLQ, where it came from, why it failed."""
+
+    raw: RawRecord  # as read from the dead-letter topic (topic, partition, offset are the DLQ's)
+    original_topic: str
+    original_partition: int
+    original_offset: int
+    original_timestamp_ms: int | None
+    stage: str
+    error_class: str
+    error_message: str
+    consumer_group: str
+    failed_at: dt.datetime | None
+    attempts: int
+    replay_count: int
+
+    def as_json(self, preview: str) -> dict[str, Any]:
+        return {
+            "dlq_partition": self.raw.partition, "dlq_offset": self.raw.offset,
+            "original_topic": self.original_topic, "original_partition": self.original_partition,
+            "original_offset": self.original_offset, "original_timestamp_ms": self.original_timestamp_ms,
+            "stage": self.stage, "error_class": self.error_class, "error_message": self.error_message,
+            "consumer_group": self.consumer_group,
+            "failed_at": _iso(self.failed_at), "attempts": self.attempts, "replay_count": self.replay_count,
+            "key": _bytes_preview(self.raw.key), "value_bytes": self.raw.size, "value_preview": preview,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ForeignRecord:
+    """A record on the dead-letter topic that lacks the dead-letter headers (written by something else)."""
+
+    raw: RawRecord
+    missing: tuple[str, ...]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"dlq_partition": self.raw.partition, "dlq_offset": self.raw.offset,
+                "missing_headers": list(self.missing), "value_bytes": self.raw.size,
+                "value_preview": _bytes_preview(self.raw.value)}
+
+
+def header_map(raw: RawRecord) -> dict[str, str]:
+    """Headers as text (the last of a repeated name wins); values that are not UTF-8 are replaced."""
+    return {name: (value or b"").decode("utf-8", errors="replace") for name, value in raw.headers}
+
+
+def parse(raw: RawRecord) -> DlqEntry | ForeignRecord:
+    """A dead-letter entry, or a foreign record when a required header is missing or malformed."""
+    headers = header_map(raw)
+    missing = tuple(name for name in REQUIRED_HEADERS if not headers.get(name))
+    partition, offset = _int(headers.get(ORIGINAL_PARTITION)), _int(headers.get(ORIGINAL_OFFSET))
+    if partition is None and ORIGINAL_PARTITION not in missing:
+        missing += (ORIGINAL_PARTITION,)
+    if offset is None and ORIGINAL_OFFSET not in missing:
+        missing += (ORIGINAL_OFFSET,)
+    if missing or partition is None or offset is None:
+        return ForeignRecord(raw, missing)
+    return DlqEntry(
+        raw=raw, original_topic=headers[ORIGINAL_TOPIC], original_partition=partition, original_offset=offset,
+        original_timestamp_ms=_int(headers.get(ORIGINAL_TIMESTAMP)), stage=headers[STAGE],
+        error_class=headers[ERROR_CLASS], error_message=headers.get(ERROR_MESSAGE, ""),
+        consumer_group=headers.get(CONSUMER_GROUP, ""), failed_at=_timestamp(headers.get(FAILED_AT)),
+        attempts=_int(headers.get(ATTEMPTS)) or 0, replay_count=_int(headers.get(REPLAY_COUNT)) or 0,
+    )
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text is not None else None
+    except ValueError:
+        return None
+
+
+def _timestamp(text: str | None) -> dt.datetime | None:
+    if not text:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
+
+
+def is_dlq_header(name: str) -> bool:
+    return name.startswith(HEADER_PREFIX)
+
+
+# --- the selection -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The filters shared by inspect and replay; an empty set or None means "any"."""
+
+    stages: frozenset[str] = frozenset()
+    error_classes: frozenset[str] = frozenset()
+    topics: frozenset[str] = frozenset()
+    since: dt.datetime | None = None
+    until: dt.datetime | None = None
+
+    def matches(self, entry: DlqEntry) -> bool:
+        if self.stages and entry.stage not in self.stages:
+            return False
+        if self.error_classes and entry.error_class not in self.error_classes:
+            return False
+        if self.topics and entry.original_topic not in self.topics:
+            return False
+        if self.since is not None and (entry.failed_at is None or entry.failed_at < self.since):
+            return False
+        return not (self.until is not None and (entry.failed_at is None or entry.failed_at >= self.until))
+
+    def describe(self) -> dict[str, Any]:
+        return {"stage": sorted(self.stages), "error_class": sorted(self.error_classes),
+                "topic": sorted(self.topics), "since": _iso(self.since), "until": _iso(self.until)}
+
+    def digest(self) -> str:
+        """A short stable name for this selection (the replay's consumer group is named after it)."""
+        text = json.dumps(self.describe(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def parse_moment(text: str, now: dt.datetime | None = None) -> dt.datetime:
+    """`--since`/`--until`: ISO 8601 (`2024-05-01`, `2024-05-01T12:00:00Z`; naive means UTC) or an age
+    before now (`90s`, `30m`, `2h`, `7d`)."""
+    relative = _RELATIVE.match(text.strip())
+    if relative:
+        amount, unit = int(relative.group(1)), relative.group(2)
+        return (now or dt.datetime.now(dt.UTC)) - dt.timedelta(**{_UNITS[unit]: amount})
+    parsed = _timestamp(text.strip())
+    if parsed is None:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither an ISO 8601 time (2024-05-01T12:00:00Z) nor an age like 30m, 2h, 7d"
+        )
+    return parsed
+
+
+def _names(values: Sequence[str] | None) -> frozenset[str]:
+    return frozenset(v.strip() for value in values or () for v in value.split(",") if v.strip())
+
+
+def selection_from(args: argparse.Namespace) -> Selection:
+    stages = _names(args.stage)
+    unknown = stages - {stage.value for stage in Stage}
+    if unknown:
+        raise ConfigError(f"--stage: unknown stage {sorted(unknown)}; one of {[s.value for s in Stage]}")
+    if args.since and args.until and args.since >= args.until:
+        raise ConfigError("--since: must be before --until")
+    return Selection(stages, _names(args.error_class), _names(args.topic), args.since, args.until)
+
+
+def add_selection_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dlq-topic", help="dead-letter topic to read (default DLQ_TOPIC, or <first topic>.dlq)")
+    parser.add_argument("--stage", action="append", metavar="STAGE",
+                        help="only this stage (decode, validate, transform, sink); repeat or comma-separate")
+    parser.add_argument("--error-class", action="append", metavar="CLASS",
+                        help="only this error class (e.g. RecordRejectedError); repeat or comma-separate")
+    parser.add_argument("--topic", action="append", metavar="TOPIC",
+                        help="only records that came from this topic; repeat or comma-separate")
+    parser.add_argument("--since", type=parse_moment, metavar="TIME",
+                        help="only records dead-lettered at or after TIME (ISO 8601, or an age: 30m, 2h, 7d)")
+    parser.add_argument("--until", type=parse_moment, metavar="TIME",
+                        help="only records dead-lettered before TIME (ISO 8601, or an age)")
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="give up when the broker does not answer for this long (default 30)")
+
+
+# --- reading -----------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Scan:
+    """What a read covered: where it started and where it stopped, per partition of the DLQ topic."""
+
+    topic: str
+    starts: dict[int, int] = field(default_factory=dict)
+    ends: dict[int, int] = field(default_factory=dict)
+    scanned: int = 0
+
+
+def tool_consumer(config: Mapping[str, Any], group_id: str) -> Consumer:
+    """A consumer that only assigns (never subscribes, so it joins no group) and never auto-commits."""
+    try:
+        return Consumer({
+            **config, "group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
+            "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
+        })
+    except KafkaException as exc:
+        raise ConfigError(f"KAFKA_EXTRA: {exc.args[0].str()}") from None
+
+
+def partitions_of(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
+    try:
+        metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(f"kafka: cannot read metadata of {topic}: {exc.args[0].str()}") from None
+    if metadata is None or metadata.error is not None or not metadata.partitions:
+        raise ConfigError(f"DLQ_TOPIC: topic {topic!r} does not exist")
+    return sorted(metadata.partitions)
+
+
+def read_topic(
+    consumer: Consumer, scan: Scan, timeout_s: float, stop_at: Mapping[int, int] | None = None
+) -> Iterator[RawRecord]:
+    """Records of `scan.topic` from `scan.starts` (default: the beginning) until every partition reached its
+    end: the end seen on arrival (partition EOF), or `stop_at` when given (so records that arrive meanwhile,
+    such as replayed records failing again, are left for next time). Fills `scan.ends` as partitions finish.
+    """
+    partitions = list(stop_at) if stop_at is not None else partitions_of(consumer, scan.topic, timeout_s)
+    consumer.assign([TopicPartition(scan.topic, p, scan.starts.get(p, OFFSET_BEGINNING)) for p in partitions])
+    pending = set(partitions)
+    if stop_at is not None:
+        for partition in partitions:
+            if stop_at[partition] <= scan.starts.get(partition, 0):
+                pending.discard(partition)
+                scan.ends[partition] = stop_at[partition]
+    idle_since: float | None = None
+    while pending:
+        messages = _consume(consumer)
+        if not messages:
+            idle_since = _check_idle(idle_since, timeout_s, scan.topic, pending)
+            continue
+        idle_since = None
+        for message in messages:
+            partition = message.partition() or 0
+            if partition not in pending:
+                continue
+            error = message.error()
+            if error is not None:
+                _on_error(error, scan, partition, pending, stop_at, message)
+                continue
+            raw = _to_raw(message)
+            if stop_at is not None and raw.offset >= stop_at[partition]:
+                pending.discard(partition)
+                scan.ends[partition] = stop_at[partition]
+                continue
+            scan.scanned += 1
+            yield raw
+            if stop_at is not None and raw.offset + 1 >= stop_at[partition]:
+                pending.discard(partition)
+                scan.ends[partition] = stop_at[partition]
+
+
+def _consume(consumer: Consumer) -> list[Message]:
+    try:
+        return consumer.consume(num_messages=_POLL_RECORDS, timeout=_POLL_TIMEOUT_S)
+    except KafkaException as exc:
+        raise BrokerUnavailableError(f"kafka: {exc.args[0].str()}") from None
+
+
+def _check_idle(idle_since: float | None, timeout_s: float, topic: str, pending: set[int]) -> float:
+    # Each empty consume waited _POLL_TIMEOUT_S, so counting them measures the silence without a clock.
+    waited = (idle_since or 0.0) + _POLL_TIMEOUT_S
+    if waited >= timeout_s:
+        raise BrokerUnavailableError(
+            f"kafka: no answer for {timeout_s:.0f}s while reading {topic} (partitions {sorted(pending)} unfinished)"
+        )
+    return waited
+
+
+def _on_error(
+    error: KafkaError, scan: Scan, partition: int, pending: set[int], stop_at: Mapping[int, int] | None,
+    message: Message,
+) -> None:
+    if error.code() == KafkaError._PARTITION_EOF:  # the end, as a fetch response's high watermark says
+        end = message.offset() or 0
+        pending.discard(partition)
+        scan.ends[partition] = end if stop_at is None else min(end, stop_at[partition])
+        return
+    if error.fatal():
+        raise FatalError(f"kafka: {error.str()}")
+    if error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+        raise ConfigError(f"DLQ_TOPIC: {scan.topic}: {error.str()}")
+    raise BrokerUnavailableError(f"kafka: {error.str()}")
+
+
+def _to_raw(message: Message) -> RawRecord:
+    _kind, timestamp = message.timestamp()
+    headers: Any = message.headers() or ()
+    return RawRecord(message.topic() or "", message.partition() or 0, message.offset() or 0, timestamp,
+                     message.key(), message.value(), tuple(headers))
+
+
+# --- inspecting --------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Inspection:
+    """The matching entries (all of them counted, the first `limit` kept) and every foreign record."""
+
+    scan: Scan
+    selection: Selection
+    limit: int | None
+    matched: int = 0
+    shown: list[DlqEntry] = field(default_factory=list)
+    foreign: list[ForeignRecord] = field(default_factory=list)
+    by_stage: Counter[str] = field(default_factory=Counter)
+    by_error_class: Counter[str] = field(default_factory=Counter)
+    by_topic: Counter[str] = field(default_factory=Counter)
+    first_failed: dt.datetime | None = None
+    last_failed: dt.datetime | None = None
+
+    def add(self, raw: RawRecord) -> None:
+        entry = parse(raw)
+        if isinstance(entry, ForeignRecord):
+            self.foreign.append(entry)
+            return
+        if not self.selection.matches(entry):
+            return
+        self.matched += 1
+        self.by_stage[entry.stage] += 1
+        self.by_error_class[entry.error_class] += 1
+        self.by_topic[entry.original_topic] += 1
+        if entry.failed_at is not None:
+            self.first_failed = min(self.first_failed or entry.failed_at, entry.failed_at)
+            self.last_failed = max(self.last_failed or entry.failed_at, entry.failed_at)
+        if self.limit is None or len(self.shown) < self.limit:
+            self.shown.append(entry)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "dlq_topic": self.scan.topic, "scanned": self.scan.scanned, "matched": self.matched,
+            "shown": len(self.shown), "foreign": len(self.foreign),
+            "by_stage": dict(sorted(self.by_stage.items())),
+            "by_error_class": dict(sorted(self.by_error_class.items())),
+            "by_topic": dict(sorted(self.by_topic.items())),
+            "failed_at": {"first": _iso(self.first_failed), "last": _iso(self.last_failed)},
+            "end_offsets": {str(p): o for p, o in sorted(self.scan.ends.items())},
+            "selection": self.selection.describe(),
+        }
+
+
+def inspect_topic(
+    config: Mapping[str, Any], topic: str, group_id: str, selection: Selection, limit: int | None, timeout_s: float
+) -> Inspection:
+    consumer = tool_consumer(config, group_id)
+    try:
+        inspection = Inspection(Scan(topic), selection, limit)
+        for raw in read_topic(consumer, inspection.scan, timeout_s):
+            inspection.add(raw)
+        return inspection
+    finally:
+        consumer.close()
+
+
+class Previewer:
+    """A short, readable rendering of a value: decoded with the service's decoder when it can be."""
+
+    def __init__(self, decoder: ValueDecoder | None) -> None:
+        self._decoder = decoder
+
+    def __call__(self, value: bytes | None) -> str:
+        if value is None:
+            return "<null>"
+        if self._decoder is not None:
+            try:
+                _fields, row = self._decoder.decode(value)
+                return _shorten(to_json_text(row) or "")
+            except ConsumerError:  # poison does not decode: that is often why it is here
+                pass
+        return _bytes_preview(value)
+
+
+def _bytes_preview(value: bytes | None) -> str:
+    if value is None:
+        return "<null>"
+    text = value.decode("utf-8", errors="replace")
+    if text.isprintable() and "\ufffd" not in text:
+        return _shorten(text)
+    return _shorten("0x" + value.hex())
+
+
+def _shorten(text: str, limit: int = _PREVIEW_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def render_json(inspection: Inspection, preview: Previewer) -> str:
+    return json.dumps({
+        "summary": inspection.summary(),
+        "records": [entry.as_json(preview(entry.raw.value)) for entry in inspection.shown],
+        "foreign": [record.as_json() for record in inspection.foreign],
+    }, indent=2)
+
+
+def render_text(inspection: Inspection, preview: Previewer, console: Console) -> None:
+    summary = inspection.summary()
+    console.print(f"[bold]dead-letter topic {summary['dlq_topic']}[/]: {summary['scanned']} records scanned, "
+                  f"{summary['matched']} match, {summary['foreign']} foreign")
+    first, last = summary["failed_at"]["first"], summary["failed_at"]["last"]
+    if first:
+        console.print(f"  failed between {first} and {last}")
+    counts = Table(title="summary", show_edge=False, title_justify="left")
+    for column in ("by stage", "by error class", "by original topic"):
+        counts.add_column(column)
+    groups = [_count_lines(summary[name]) for name in ("by_stage", "by_error_class", "by_topic")]
+    for row in range(max((len(group) for group in groups), default=0)):
+        counts.add_row(*(group[row] if row < len(group) else "" for group in groups))
+    console.print(counts)
+    if inspection.shown:
+        console.print(_records_table(inspection, preview))
+    if inspection.foreign:
+        console.print(_foreign_table(inspection.foreign))
+
+
+def _count_lines(counts: Mapping[str, int]) -> list[str]:
+    return [f"{name}  {count}" for name, count in counts.items()]
+
+
+def _records_table(inspection: Inspection, preview: Previewer) -> Table:
+    more = inspection.matched - len(inspection.shown)
+    table = Table(title=f"records ({len(inspection.shown)} shown" + (f", {more} more)" if more else ")"),
+                  title_justify="left", show_edge=False)
+    for column in ("dlq p/offset", "original topic/partition/offset", "stage", "error class", "attempts",
+                   "failed at", "message", "value"):
+        table.add_column(column, overflow="fold" if column in ("message", "value") else "ellipsis")
+    for entry in inspection.shown:
+        table.add_row(
+            f"{entry.raw.partition}/{entry.raw.offset}",
+            f"{entry.original_topic}/{entry.original_partition}/{entry.original_offset}",
+            entry.stage, entry.error_class, str(entry.attempts), _iso(entry.failed_at) or "",
+            _shorten(entry.error_message, _MESSAGE_CHARS), preview(entry.raw.value),
+        )
+    return table
+
+
+def _foreign_table(foreign: list[ForeignRecord]) -> Table:
+    table = Table(title=f"foreign records: {len(foreign)} without dead-letter headers", title_justify="left",
+                  show_edge=False)
+    for column in ("dlq p/offset", "missing headers", "value"):
+        table.add_column(column)
+    for record in foreign:
+        table.add_row(f"{record.raw.partition}/{record.raw.offset}", ", ".join(record.missing),
+                      _bytes_preview(record.raw.value))
+    return table
+
+
+# --- command line ------------------------------------------------------------------------------------
+
+INSPECT_EPILOG = """examples:
+  consumer dlq inspect                                  # summary and table of the whole DLQ_TOPIC
+  consumer dlq inspect --stage sink --since 2h          # sink rejections of the last two hours
+  consumer dlq inspect --error-class DecodeError --topic orders --limit 20
+  consumer dlq inspect --format json | jq '.summary.by_stage'
+reads from the beginning to the end seen on arrival; joins no consumer group and commits nothing."""
+
+
+def configure_inspect(parser: argparse.ArgumentParser) -> None:
+    add_selection_arguments(parser)
+    parser.add_argument("--limit", type=positive_int, metavar="N", help="list at most N records (counts cover all)")
+    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    parser.add_argument("--no-decode", action="store_true", help="preview raw bytes instead of decoded values")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def dlq_topic(settings: Settings, args: argparse.Namespace) -> str:
+    return str(args.dlq_topic or settings.dead_letter_topic)
+
+
+def previewer(settings: Settings, enabled: bool) -> Previewer:
+    if not enabled:
+        return Previewer(None)
+    from consumer.app import build_value_decoder
+
+    try:
+        decoder, _fields = build_value_decoder(settings)
+    except ConsumerError:  # a preview is a nicety: an unreadable schema or a silent registry means raw bytes
+        return Previewer(None)
+    return Previewer(decoder)
+
+
+def output_console() -> Console:
+    """Wide enough for the tables when stdout is a pipe or a file (rich assumes 80 columns there)."""
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=200)
+
+
+def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
+    from consumer.app import kafka_client_config
+
+    selection = selection_from(args)
+    inspection = inspect_topic(kafka_client_config(settings), dlq_topic(settings, args),
+                               f"{settings.consumer_group_id}.dlq-inspect", selection, args.limit, args.timeout)
+    preview = previewer(settings, not args.no_decode)
+    if args.format == "json":
+        print(render_json(inspection, preview))
+    else:
+        render_text(inspection, preview, output_console())
+    return 0

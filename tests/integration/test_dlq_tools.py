@@ -1,0 +1,164 @@
+"""`dlq inspect` and `dlq replay` against a real broker, and replay into real SQLite and PostgreSQL sinks.
+
+The inspect tests write dead-letter records with the contract's headers directly (through the service's
+own `dead_letter_headers`), so the mix is known exactly. The replay test makes its dead letters the way
+production does: the service rejects rows the table cannot hold (stage `sink`), then the table is fixed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.cli import run_cli, run_json
+from support.events import encode, event_id, make_event
+from support.kafka import Msg, TopicWriter, committed_offsets
+from support.runs import SCHEMA_FILE
+from support.service import ServiceProcess
+
+from consumer.dlq import dead_letter_headers
+from consumer.records import DeadLetter, RawRecord, Stage
+
+StartService = Callable[..., ServiceProcess]
+BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+
+
+def _letter_msg(
+    topic: str, partition: int, offset: int, stage: Stage, error_class: str, failed_at: dt.datetime,
+    value: bytes, attempts: int = 1,
+) -> Msg:
+    raw = RawRecord(topic, partition, offset, 1_700_000_000_000 + offset, f"k{offset}".encode(), value,
+                    (("trace-id", f"t{offset}".encode()),))
+    headers = dead_letter_headers(DeadLetter(raw, stage, error_class, f"{error_class} at {offset}", attempts),
+                                  "orders-group", failed_at)
+    return Msg(value=value, key=raw.key, headers=[(n, v if isinstance(v, bytes) else (v or "").encode())
+                                                  for n, v in headers])
+
+
+def _known_mix(source_a: str, source_b: str) -> tuple[list[Msg], dict[tuple[str, int, int], str]]:
+    """10 dead letters (3 decode, 2 validate, 5 sink; 6 from A, 4 from B, one per day per stage group) and
+    the stage of each by original coordinates."""
+    letters = []
+    for i in range(3):
+        letters.append(_letter_msg(source_a, 0, i, Stage.DECODE, "DecodeError", BASE + dt.timedelta(hours=i),
+                                   b"\x00not avro"))
+    for i in range(2):
+        letters.append(_letter_msg(source_a, 1, 10 + i, Stage.VALIDATE, "MissingKeyError",
+                                   BASE + dt.timedelta(days=1, hours=i), encode(make_event(i))))
+    for i in range(4):
+        letters.append(_letter_msg(source_b, 2, 20 + i, Stage.SINK, "RecordRejectedError",
+                                   BASE + dt.timedelta(days=2, hours=i), encode(make_event(10 + i))))
+    letters.append(_letter_msg(source_a, 2, 30, Stage.SINK, "RecordRejectedError", BASE + dt.timedelta(days=3),
+                               encode(make_event(30))))
+    stages = {}
+    for msg in letters:
+        headers = dict(msg.headers or [])
+        coordinates = (headers["dlq.original.topic"].decode(), int(headers["dlq.original.partition"]),
+                       int(headers["dlq.original.offset"]))
+        stages[coordinates] = headers["dlq.stage"].decode()
+    return letters, stages
+
+
+def _coordinates(records: list[dict[str, Any]]) -> set[tuple[str, int, int]]:
+    return {(r["original_topic"], r["original_partition"], r["original_offset"]) for r in records}
+
+
+@pytest.fixture
+def known_dlq(kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str]) -> dict[str, Any]:
+    source_a, source_b = unique("orders"), unique("payments")
+    dlq = make_topic(partitions=2, prefix="dlq")
+    letters, stages = _known_mix(source_a, source_b)
+    foreign = [Msg(value=b"written by hand", partition=0),
+               Msg(value=b"half a letter", headers=[("dlq.stage", b"sink")], partition=1)]
+    TopicWriter(kafka_bootstrap, dlq).send(letters[:5] + foreign[:1] + letters[5:] + foreign[1:])
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap, "CONSUMER_TOPICS": source_a, "DLQ_TOPIC": dlq,
+           "SCHEMA_FILE": SCHEMA_FILE, "CONSUMER_GROUP_ID": unique("group")}
+    return {"env": env, "dlq": dlq, "a": source_a, "b": source_b, "stages": stages}
+
+
+def test_inspect_counts_every_stage_and_error_class_and_reports_foreign_records(
+    known_dlq: dict[str, Any], tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    out = run_json(["dlq", "inspect"], known_dlq["env"], tmp_path)
+
+    summary = out["summary"]
+    assert (summary["scanned"], summary["matched"], summary["shown"], summary["foreign"]) == (12, 10, 10, 2)
+    assert summary["by_stage"] == {"decode": 3, "sink": 5, "validate": 2}
+    assert summary["by_error_class"] == {"DecodeError": 3, "MissingKeyError": 2, "RecordRejectedError": 5}
+    assert summary["by_topic"] == {known_dlq["a"]: 6, known_dlq["b"]: 4}
+    assert summary["failed_at"] == {"first": "2024-01-01T00:00:00.000Z", "last": "2024-01-04T00:00:00.000Z"}
+    assert _coordinates(out["records"]) == set(known_dlq["stages"])
+    assert {r["stage"] for r in out["records"] if r["error_class"] == "DecodeError"} == {"decode"}
+    first = next(r for r in out["records"] if r["original_offset"] == 20)
+    assert (first["attempts"], first["consumer_group"], first["key"]) == (1, "orders-group", "k20")
+    assert first["value_preview"].startswith('{"event_id":"' + event_id(10)[:8])
+    assert sorted(len(f["missing_headers"]) for f in out["foreign"]) == [4, 5]
+    # reading joined no group and committed nothing
+    group = f"{known_dlq['env']['CONSUMER_GROUP_ID']}.dlq-inspect"
+    assert committed_offsets(kafka_bootstrap, group, known_dlq["dlq"], 2) == {0: 0, 1: 0}
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (["--stage", "sink"], {"sink": 5}),
+        (["--stage", "sink,validate"], {"sink": 5, "validate": 2}),
+        (["--error-class", "DecodeError"], {"decode": 3}),
+        (["--topic", "B"], {"sink": 4}),
+        (["--topic", "A", "--stage", "sink"], {"sink": 1}),
+        (["--since", "2024-01-02", "--until", "2024-01-04"], {"validate": 2, "sink": 4}),
+        (["--since", "2024-01-04T00:00:00Z"], {"sink": 1}),
+    ],
+)
+def test_inspect_filters_select_exactly_the_matching_records(
+    known_dlq: dict[str, Any], tmp_path: Path, filters: list[str], expected: dict[str, int]
+) -> None:
+    args = [known_dlq["a"] if f == "A" else known_dlq["b"] if f == "B" else f for f in filters]
+    out = run_json(["dlq", "inspect", *args], known_dlq["env"], tmp_path)
+
+    assert out["summary"]["by_stage"] == expected
+    want = {c for c, stage in known_dlq["stages"].items() if stage in expected}
+    if "--topic" in filters:
+        want = {c for c in want if c[0] == args[args.index("--topic") + 1]}
+    if "--since" in filters:
+        got_days = {r["failed_at"][:10] for r in out["records"]}
+        assert got_days <= {"2024-01-02", "2024-01-03", "2024-01-04"}
+    assert len(out["records"]) == sum(expected.values())
+    assert _coordinates(out["records"]) <= want
+    assert out["summary"]["foreign"] == 2  # foreign records are reported whatever the filter
+
+
+def test_inspect_limit_lists_n_records_but_counts_all(known_dlq: dict[str, Any], tmp_path: Path) -> None:
+    out = run_json(["dlq", "inspect", "--limit", "3"], known_dlq["env"], tmp_path)
+    assert (out["summary"]["matched"], out["summary"]["shown"], len(out["records"])) == (10, 3, 3)
+
+
+def test_inspect_text_shows_summary_table_and_foreign_records(known_dlq: dict[str, Any], tmp_path: Path) -> None:
+    done = run_cli(["dlq", "inspect"], known_dlq["env"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "10 match, 2 foreign" in done.stdout
+    assert "RecordRejectedError  5" in done.stdout
+    assert "foreign records: 2 without dead-letter headers" in done.stdout
+    assert f"{known_dlq['b']}/2/20" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [(["--stage", "parse"], "--stage"), (["--since", "yesterday-ish"], "--since"), (["--limit", "0"], "--limit")],
+)
+def test_inspect_bad_option_exits_2_naming_it(
+    known_dlq: dict[str, Any], tmp_path: Path, args: list[str], named: str
+) -> None:
+    done = run_cli(["dlq", "inspect", *args], known_dlq["env"], tmp_path)
+    assert done.returncode == 2
+    assert named in done.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in done.stderr
+
+
+def test_inspect_missing_topic_exits_2(known_dlq: dict[str, Any], tmp_path: Path) -> None:
+    done = run_cli(["dlq", "inspect", "--dlq-topic", "no-such-topic-here"], known_dlq["env"], tmp_path)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "configuration error: DLQ_TOPIC: topic 'no-such-topic-here' does not exist"
