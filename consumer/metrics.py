@@ -168,3 +168,19 @@ class Metrics:
                 gauge.remove(topic, str(partition))
             except KeyError:
                 pass  # never had a series: released before its first batch
+
+
+class SupervisorMetrics:
+    """The `run` supervisor's own metrics (WORKERS > 1), served merged with the workers' metrics."""
+
+    def __init__(self, registry: CollectorRegistry, workers: int) -> None:
+        self.worker_restarts_total = Counter(
+            "consumer_worker_restarts_total", "Worker processes restarted after an unexpected exit.", ["worker"],
+            registry=registry,
+        )
+        self.workers_running = Gauge(
+            "consumer_workers_running", "Worker processes currently running under the supervisor.",
+            registry=registry,
+        )
+        for index in range(workers):
+            self.worker_restarts_total.labels(str(index))
