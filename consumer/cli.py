@@ -40,8 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="consume, batch, sink, commit until SIGTERM/SIGINT",
-                        epilog="example: consumer run", formatter_class=argparse.RawDescriptionHelpFormatter)
+    run = commands.add_parser("run", help="consume, batch, sink, commit until SIGTERM/SIGINT",
+                              epilog="example: consumer run", formatter_class=argparse.RawDescriptionHelpFormatter)
+    # internal, set by the WORKERS > 1 supervisor on the processes it starts (consumer/supervisor.py)
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    run.add_argument("--worker-metrics-port", type=int, help=argparse.SUPPRESS)
     commands.add_parser("check", help="validate configuration and connectivity; exit 0 ok, 1 not, 2 config",
                         epilog="example: consumer check")
     demo = commands.add_parser(
@@ -75,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from consumer.check import run_check
 
             return run_check(settings)
-        return _run(settings)
+        return _run(settings, args.worker, args.worker_metrics_port)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -89,13 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILURE
 
 
-def _run(settings: Settings) -> int:
+def _run(settings: Settings, worker: int | None = None, worker_port: int | None = None) -> int:
     from consumer.app import build
 
     settings.require_bootstrap()
-    log.info("starting", extra={"version": __version__, "settings": settings.masked()})
     stop = threading.Event()
+    if worker is not None and worker_port is not None:
+        from consumer.supervisor import become_worker
+
+        settings = become_worker(settings, worker, worker_port, stop)
+    log.info("starting", extra={"version": __version__, "settings": settings.masked()})
     install_stop_handlers(stop)
+    if worker is None and settings.workers > 1:
+        from consumer.supervisor import supervise
+
+        return supervise(settings, stop)
     return build(settings, stop).run()
 
 

@@ -6,6 +6,7 @@ Units stay in the names (`_ms`, `_s`, `_bytes`); conversion happens where compon
 
 from __future__ import annotations
 
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -137,6 +138,9 @@ class Settings(BaseSettings):
     log_level: LogLevel = Field(LogLevel.INFO, description="DEBUG, INFO, WARNING or ERROR.")
     log_format: LogFormat = Field(LogFormat.JSON, description="`json` or `text`.")
     log_summary_interval_s: PositiveInt = Field(60, description="Period of the INFO summary line, s.")
+    workers: PositiveInt = Field(
+        1, description="Consumer processes per pod under one `run` supervisor; `auto` = os.cpu_count()."
+    )
 
     @field_validator("consumer_topics", mode="before")
     @classmethod
@@ -154,6 +158,15 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_case(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _workers_auto(cls, value: Any) -> Any:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return os.cpu_count() or 1
+        if isinstance(value, str) and not value.strip().isdigit():
+            raise ValueError("must be a positive integer or `auto`")
+        return value
 
     @field_validator("sink_table")
     @classmethod
