@@ -8,16 +8,20 @@ production does: the service rejects rows the table cannot hold (stage `sink`), 
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from support.cli import run_cli, run_json
-from support.events import encode, event_id, make_event
-from support.kafka import Msg, TopicWriter, committed_offsets
-from support.runs import SCHEMA_FILE
+from support.db import connect, fetch, table_exists
+from support.events import decode, encode, event_id, make_event
+from support.kafka import Msg, ReadMsg, TopicWriter, committed_offsets, create_topic, read_all
+from support.runs import SCHEMA_FILE, assert_one_row_per_key, service_env, valid_messages, wait_metric
 from support.service import ServiceProcess
+from support.waiting import wait_until
 
 from consumer.dlq import dead_letter_headers
 from consumer.records import DeadLetter, RawRecord, Stage
@@ -162,3 +166,139 @@ def test_inspect_missing_topic_exits_2(known_dlq: dict[str, Any], tmp_path: Path
     done = run_cli(["dlq", "inspect", "--dlq-topic", "no-such-topic-here"], known_dlq["env"], tmp_path)
     assert done.returncode == 2
     assert done.stderr.strip() == "configuration error: DLQ_TOPIC: topic 'no-such-topic-here' does not exist"
+
+
+# --- replay ------------------------------------------------------------------------------------------
+
+_NARROW = 40  # page_url characters the broken table holds; the long events have 80
+
+
+def _long_event(i: int) -> Msg:
+    return Msg(value=encode(make_event(i, page_url="https://example.com/" + "x" * 60)))
+
+
+def _narrow_column(url: str, table: str) -> None:
+    """Break the table so long page_urls are rejected row by row (stage `sink`): a too-short varchar on
+    PostgreSQL; SQLite ignores varchar lengths, so a trigger plays the same part there."""
+    with connect(url) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN page_url TYPE varchar({_NARROW})"))
+        else:
+            conn.execute(sa.text(
+                f"CREATE TRIGGER narrow_{table} BEFORE INSERT ON {table} WHEN length(NEW.page_url) > {_NARROW} "
+                "BEGIN SELECT RAISE(ABORT, 'page_url too long'); END"
+            ))
+
+
+def _widen_column(url: str, table: str) -> None:
+    with connect(url) as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text(f"ALTER TABLE {table} ALTER COLUMN page_url TYPE text"))
+        else:
+            conn.execute(sa.text(f"DROP TRIGGER narrow_{table}"))
+
+
+def _merged(*ends: dict[int, int]) -> dict[int, int]:
+    merged: dict[int, int] = {}
+    for one in ends:
+        for partition, offset in one.items():
+            merged[partition] = max(merged.get(partition, 0), offset)
+    return merged
+
+
+def _replayed_ends(report: dict[str, Any], topic: str) -> dict[int, int]:
+    return {int(p): o for p, o in report["end_offsets"].get(topic, {}).items()}
+
+
+def _wait_committed_to(bootstrap: str, group: str, topic: str, expected: dict[int, int], svc: ServiceProcess) -> None:
+    def committed() -> dict[int, int]:
+        if not svc.running:
+            pytest.fail(f"service exited with {svc.process.returncode}\n{svc.log_tail()}")
+        return committed_offsets(bootstrap, group, topic, len(expected))
+
+    wait_until(committed, 120, f"committed offsets == {expected}", interval_s=0.25, until=lambda got: got == expected)
+
+
+def _event_ids(messages: list[ReadMsg]) -> Counter[str]:
+    return Counter(decode(m.value)["event_id"] for m in messages if m.value is not None)
+
+
+def test_replay_after_fixing_the_cause_lands_every_record_once_and_resumes(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+    tmp_path: Path,
+) -> None:
+    n, k = 30, 6
+    topic = make_topic(partitions=3)
+    dlq = create_topic(kafka_bootstrap, f"{topic}.dlq", 1)
+    writer = TopicWriter(kafka_bootstrap, topic)
+    group = unique("group")
+    env = service_env(kafka_bootstrap, topic, group, sink_url, sink_table)
+    svc = service(env)
+    svc.wait_ready()
+    wait_until(lambda: table_exists(sink_url, sink_table), 30, f"table {sink_table} created")
+    _narrow_column(sink_url, sink_table)
+
+    # 1. n fit, k are rejected by the table and dead-lettered with stage sink
+    writer.send(valid_messages(range(n)) + [_long_event(i) for i in range(n, n + k)])
+    _wait_committed_to(kafka_bootstrap, group, topic, writer.end_offsets, svc)
+    wait_metric(svc, "sunk", n)
+    wait_metric(svc, "dlq", k)
+    summary = run_json(["dlq", "inspect"], env, tmp_path)["summary"]
+    assert (summary["by_stage"], summary["by_error_class"]) == ({"sink": k}, {"RecordRejectedError": k})
+
+    # 2. an interrupted replay (--limit) before the fix: those 2 fail again, with dlq.attempts + 1
+    first = run_json(["dlq", "replay", "--stage", "sink", "--limit", "2"], env, tmp_path)
+    assert (first["matched"], first["replayed"]) == (k, 2)
+    ends = _merged(writer.end_offsets, _replayed_ends(first, topic))
+    _wait_committed_to(kafka_bootstrap, group, topic, ends, svc)
+    wait_metric(svc, "dlq", k + 2)
+    letters = read_all(kafka_bootstrap, dlq, k + 2)
+    assert [m.headers["dlq.attempts"] for m in letters] == [b"1"] * k + [b"2"] * 2
+    assert _event_ids(letters[k:]) == _event_ids(letters[:2])  # the two replayed ones came back
+
+    # 3. fix the cause (and restart: on PostgreSQL the service's session-temporary staging table keeps the
+    # old column type until then), replay: it resumes after the first two and takes the two that came back
+    _widen_column(sink_url, sink_table)
+    assert svc.terminate() == 0
+    svc = service(env)
+    second = run_json(["dlq", "replay", "--stage", "sink"], env, tmp_path)
+    assert (second["matched"], second["replayed"]) == (k, k)
+    ends = _merged(ends, _replayed_ends(second, topic))
+    _wait_committed_to(kafka_bootstrap, group, topic, ends, svc)
+    wait_metric(svc, "sunk", k)  # counters restart with the process
+    assert_one_row_per_key(sink_url, sink_table, n + k)
+    long_rows = fetch(sink_url, f"SELECT COUNT(*) AS c FROM {sink_table} WHERE length(page_url) > {_NARROW}")
+    assert long_rows[0].c == k
+    replayed = [m for m in read_all(kafka_bootstrap, topic, sum(ends.values())) if "dlq.replay.count" in m.headers]
+    copies = _event_ids(replayed)  # each of the k sent once, the first two twice (before and after the fix)
+    assert sorted(copies.values()) == [1] * (k - 2) + [2] * 2
+    assert {m.headers["dlq.replay.count"] for m in replayed} == {b"1"}
+    assert all("dlq.stage" not in m.headers for m in replayed)
+
+    # 4. the same replay again has nothing left to send
+    third = run_json(["dlq", "replay", "--stage", "sink"], env, tmp_path)
+    assert (third["matched"], third["replayed"]) == (0, 0)
+
+    # 5. sending everything again on purpose writes nothing twice: the idempotency key travels along
+    again = run_json(["dlq", "replay", "--stage", "sink", "--from-beginning"], env, tmp_path)
+    assert again["replayed"] == k + 2
+    _wait_committed_to(kafka_bootstrap, group, topic, _merged(ends, _replayed_ends(again, topic)), svc)
+    wait_metric(svc, "duplicate", k + 2)
+    assert_one_row_per_key(sink_url, sink_table, n + k)
+    assert svc.metric_sum("consumer_records_total", outcome="dlq") == 0
+    assert svc.terminate() == 0
+
+
+def test_replay_dry_run_sends_nothing_and_moves_no_position(
+    known_dlq: dict[str, Any], tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    out = run_json(["dlq", "replay", "--dry-run", "--stage", "sink"], known_dlq["env"], tmp_path)
+    assert (out["matched"], out["replayed"], out["committed"], out["dry_run"]) == (5, 0, {}, True)
+    assert committed_offsets(kafka_bootstrap, out["group"], known_dlq["dlq"], 2) == {0: 0, 1: 0}
+    text = run_cli(["dlq", "replay", "--dry-run", "--stage", "sink"], known_dlq["env"], tmp_path)
+    assert "dry run: would replay 5 records" in text.stdout
