@@ -129,6 +129,10 @@ class Metrics:
             "The record count batches close at now: BATCH_MAX_RECORDS, or less under BATCH_TARGET_LATENCY_MS.",
             registry=registry,
         )
+        self.info = Gauge(
+            "consumer_info", "Always 1; the version and consumer group of this process (dashboard variables).",
+            ["version", "group"], registry=registry,
+        )
         self.dead_letters_total = Counter(
             "consumer_dead_letters_total", "Records dead-lettered, by stage and error class.",
             ["stage", "error_class"], registry=registry,
