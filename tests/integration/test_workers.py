@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+import psutil
 import pytest
 from support.db import via_proxy
 from support.kafka import committed_offsets
@@ -230,3 +232,61 @@ def test_a_worker_configuration_error_stops_the_supervisor_with_exit_2(
     log = svc.log_text()
     assert "worker failed; stopping every worker" in log
     assert "restarting" not in log
+
+
+def test_workers_1_is_the_single_process_without_a_supervisor(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str], tmp_path: Any,
+    service: StartService,
+) -> None:
+    topic = make_topic(partitions=PARTITIONS)
+    svc = service(service_env(kafka_bootstrap, topic, unique("group"), f"sqlite:///{tmp_path / 'sink.db'}",
+                              "events", WORKERS="1"))
+    svc.wait_ready(JOIN_TIMEOUT_S)
+    assert psutil.Process(svc.pid).children() == []
+    assert "workers" not in _status(svc)
+    assert svc.terminate() == 0
+
+
+def test_a_killed_supervisor_leaves_no_worker_running(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    tmp_path: Any,
+    service: StartService,
+) -> None:
+    n = 1000
+    topic, writer = setup_topic(kafka_bootstrap, make_topic, partitions=PARTITIONS)
+    group = unique("group")
+    svc = service(service_env(kafka_bootstrap, topic, group, f"sqlite:///{tmp_path / 'sink.db'}", "events",
+                              WORKERS="2"))
+    _wait_both_workers_hold_partitions(svc, topic)
+    writer.send(valid_messages(range(n), keyed=True))
+    wait_committed(kafka_bootstrap, group, writer, [svc])
+    workers = [psutil.Process(worker["pid"]) for worker in _status(svc)["workers"]]
+
+    svc.kill()
+
+    def still_running() -> list[int]:
+        return [p.pid for p in workers if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+    wait_until(still_running, 60, "both workers gone", ignore=(psutil.NoSuchProcess,), until=lambda pids: not pids)
+    log = svc.log_text()
+    assert log.count("supervisor gone; stopping") == 2, log[-3000:]
+    assert log.count("stopped cleanly") == 2, log[-3000:]
+    assert committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == writer.end_offsets
+
+
+def test_a_worker_failing_again_and_again_stops_the_supervisor_with_exit_1(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str], tmp_path: Any,
+    service: StartService,
+) -> None:
+    sink = tmp_path / "sink.db"
+    with sqlite3.connect(sink) as db:  # a table without the metadata columns: fatal (exit 1) at every start
+        db.execute("CREATE TABLE events (x INTEGER)")
+    topic = make_topic(partitions=PARTITIONS)
+    svc = service(service_env(kafka_bootstrap, topic, unique("group"), f"sqlite:///{sink}", "events",
+                              WORKERS="2"))
+    assert svc.wait(120) == 1
+    log = svc.log_text()
+    assert "worker failed; stopping every worker" in log and "failures_in_a_row=5" in log, log[-3000:]
+    assert log.count("worker restarted") >= 4
