@@ -38,6 +38,12 @@ from consumer.status import StatusBoard
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.2  # longest poll while nothing is due: bounds how late a stop or a retry is noticed
+# Pausing throws away a partition's prefetched records (librdkafka purges its fetch queue; confluent-kafka
+# -dotnet #1621), and the refetch after resume stalls the pipeline. So while a closed batch waits for the
+# one in flight, the loop first just waits for it, without polling, for up to this long; only a longer
+# wait (a slow or absent database) pauses the partitions and polls to keep the group membership. A
+# rebalance callback waits at most this long, far below any max.poll.interval.ms.
+_UNPAUSED_WAIT_S = 1.0
 _LAG_REFRESH_S = 1.0  # lag gauges and /status refresh this often while idle (local reads, no broker trip)
 
 
@@ -45,6 +51,7 @@ _LAG_REFRESH_S = 1.0  # lag gauges and /status refresh this often while idle (lo
 class _InFlight:
     batch: Batch
     future: Future[BatchResult]
+    started_at: float
 
 
 class Runner:
@@ -102,6 +109,9 @@ class Runner:
             self._worker.shutdown(wait=False, cancel_futures=True)
 
     def _turn(self) -> None:
+        if self._waiting_briefly_for_sink():
+            return
+        self._hold_or_release()  # a batch still queued behind a long write: pause before polling for more
         records = self._source.poll(self._batcher.room(), self._poll_timeout())
         self._health.beat()
         if self._lag.due():
@@ -116,6 +126,24 @@ class Runner:
         self._advance()
         self._hold_or_release()
 
+    def _waiting_briefly_for_sink(self) -> bool:
+        """Wait on the batch in flight instead of polling when a closed batch is queued behind it and it
+        has not run long (see _UNPAUSED_WAIT_S); True when this turn was spent so."""
+        left = self._unpaused_wait_left()
+        if left <= 0 or self._in_flight is None:
+            return False
+        wait([self._in_flight.future], timeout=min(left, _IDLE_POLL_S))
+        self._health.beat()  # the loop is alive: it is waiting on the sink on purpose
+        self._advance()
+        return True
+
+    def _unpaused_wait_left(self) -> float:
+        """How much longer a queued batch may wait for the one in flight without pausing; 0 if it may not."""
+        in_flight = self._in_flight
+        if not self._waiting or in_flight is None or self._paused or self._guard_held:
+            return 0.0
+        return max(0.0, in_flight.started_at + _UNPAUSED_WAIT_S - self._clock.monotonic())
+
     def _poll_timeout(self) -> float:
         until_due = self._batcher.seconds_until_due()
         return _IDLE_POLL_S if until_due is None else min(until_due, _IDLE_POLL_S)
@@ -129,7 +157,8 @@ class Runner:
             batch = self._waiting.popleft()
             if self._rate_limit is not None:
                 self._rate_limit.take(len(batch))
-            self._in_flight = _InFlight(batch, self._worker.submit(self._pipeline.process, batch))
+            self._in_flight = _InFlight(batch, self._worker.submit(self._pipeline.process, batch),
+                                        self._clock.monotonic())
         elif self._offsets.pending() and self._in_flight is None and not self._guard_held:
             self._commit()  # an earlier commit was refused; try again while idle
 
@@ -276,7 +305,7 @@ class Runner:
     # --- back-pressure -----------------------------------------------------------------------------
     def _hold_or_release(self) -> None:
         """Pause everything while a closed batch waits (sink busy, retrying or breaker open); resume after."""
-        hold = bool(self._waiting) or self._guard_held
+        hold = self._guard_held or (bool(self._waiting) and self._unpaused_wait_left() <= 0)
         assigned = self._offsets.assigned
         if hold:
             newly = assigned - self._paused

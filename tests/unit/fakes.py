@@ -29,6 +29,7 @@ class FakeSource:
         self.paused: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
         self.polls = 0
+        self.pause_calls = 0
         self.handed_out = 0
         self.closed = False
         self._fed: dict[TopicPartition, int] = {}
@@ -66,6 +67,7 @@ class FakeSource:
         return out
 
     def pause(self, partitions: Collection[TopicPartition]) -> None:
+        self.pause_calls += 1
         self.paused |= set(partitions)
 
     def resume(self, partitions: Collection[TopicPartition]) -> None:

@@ -129,6 +129,21 @@ def test_a_slow_batch_holds_the_queue_at_one_waiting_batch_and_commits_go_out_in
     assert running.stopped() == 0
 
 
+def test_a_batch_queued_briefly_behind_a_quick_write_waits_without_pausing(start: StartRunner) -> None:
+    """Pausing would make librdkafka drop its prefetched records; a short wait is spent waiting instead."""
+    running = start()
+    source, pipeline = running.source, running.pipeline
+    quick = pipeline.gate(1)
+    _feed_all(source, 100)
+    wait_until(lambda: source.handed_out, WAIT_S, "batch 2 closed behind batch 1", until=lambda n: n >= 2 * BATCH)
+    polls = source.polls
+    quick.set()  # well within _UNPAUSED_WAIT_S of batch 1's start
+    wait_until(lambda: _all_committed(source, 100), WAIT_S, "all 300 offsets committed")
+    assert source.pause_calls == 0
+    assert source.polls > polls
+    assert running.stopped() == 0
+
+
 def test_a_transient_failure_retries_the_same_batch_before_any_later_one(start: StartRunner) -> None:
     running = start()
     source, pipeline = running.source, running.pipeline
