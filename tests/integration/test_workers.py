@@ -186,6 +186,11 @@ def test_a_killed_worker_is_restarted_and_rows_stay_exact(
     os.kill(victim["pid"], signal.SIGKILL)
     partial = rows_or_zero(sink_url, sink_table)
     assert partial < n, "the kill should land mid-drain"
+    # a dead worker fails the probes until its replacement is back (the restart waits at least 1 s)
+    health = wait_until(lambda: svc.http_get("/healthz"), 30, "/healthz 503", interval_s=0.05,
+                        until=lambda got: got[0] == 503)
+    assert "worker 1: not running" in health[1]
+    wait_until(lambda: svc.http_get("/readyz")[0], 30, "/readyz 503", interval_s=0.05, until=lambda c: c == 503)
 
     def restarted() -> dict[str, Any]:
         assert svc.running, svc.log_tail()
@@ -197,6 +202,8 @@ def test_a_killed_worker_is_restarted_and_rows_stay_exact(
     assert again["last_exit_code"] == -signal.SIGKILL
     assert svc.metric("consumer_worker_restarts_total", worker="1") == 1
     assert svc.metric("consumer_worker_restarts_total", worker="0") == 0
+    svc.wait_ready(JOIN_TIMEOUT_S)
+    assert svc.http_get("/healthz")[0] == 200
     postgres_proxy.set_latency(0)
 
     wait_committed(kafka_bootstrap, group, writer, [svc], timeout_s=180)
@@ -290,3 +297,28 @@ def test_a_worker_failing_again_and_again_stops_the_supervisor_with_exit_1(
     log = svc.log_text()
     assert "worker failed; stopping every worker" in log and "failures_in_a_row=5" in log, log[-3000:]
     assert log.count("worker restarted") >= 4
+
+
+@pytest.mark.parametrize("sink_url", ["postgresql"], indirect=True)
+def test_a_worker_that_cannot_commit_in_time_makes_the_supervisor_exit_1(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    postgres_proxy: TcpProxy,
+    service: StartService,
+) -> None:
+    topic, writer = setup_topic(kafka_bootstrap, make_topic, partitions=PARTITIONS)
+    group = unique("group")
+    svc = service(service_env(kafka_bootstrap, topic, group, via_proxy(sink_url, postgres_proxy.port), sink_table,
+                              WORKERS="2", SHUTDOWN_TIMEOUT_MS="3000", BATCH_MAX_WAIT_MS="100"))
+    _wait_both_workers_hold_partitions(svc, topic)
+    postgres_proxy.cut("reset")  # the database is gone: no batch in hand can be written before the timeout
+    writer.send(valid_messages(range(400), keyed=True))
+    wait_until(lambda: svc.metric_sum("consumer_batches_total", outcome="retried"), 60, "a retried batch",
+               until=lambda retried: retried > 0)
+
+    assert svc.terminate(timeout_s=90) == 1
+    assert "not every worker stopped cleanly" in svc.log_text()
+    assert sum(committed_offsets(kafka_bootstrap, group, topic, PARTITIONS).values()) == 0
