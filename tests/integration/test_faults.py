@@ -41,7 +41,10 @@ POSTGRES_ONLY = pytest.mark.parametrize("sink_url", ["postgresql"], indirect=Tru
 PARTITIONS = 3
 OUTAGE_S = 20.0  # how long the database or the broker stays unreachable
 MAX_POLL_INTERVAL_MS = 6000  # the smallest the service accepts with BASE_ENV's 6 s session timeout
-STALL_S = 60.0  # one batch held in the database: 10x KAFKA_MAX_POLL_INTERVAL_MS
+PARTITION_S = 10.0  # how long the database path is blackholed (bytes stop, connections stay open)
+# One batch held in the database: 5x KAFKA_MAX_POLL_INTERVAL_MS (the issue asks 10x; 60 s passes too, but
+# would push this file past its five-minute budget; any multiple > 1 breaks a sink on the polling thread).
+STALL_S = 30.0
 # Fast retries and a short open breaker keep an outage test about as long as its outage.
 QUICK_RETRIES = {
     "BREAKER_FAILURE_THRESHOLD": "3",
@@ -207,6 +210,67 @@ def test_database_outage_opens_the_breaker_pauses_and_loses_nothing(
     )
     assert svc.http_get("/readyz")[0] == 200
     print(f"database outage: {retries:.0f} retries, rebalances {joined}")
+    assert svc.terminate() == 0
+
+
+@POSTGRES_ONLY
+def test_database_partition_holds_the_batch_in_flight_and_loses_nothing(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    postgres_proxy: TcpProxy,
+    service: StartService,
+) -> None:
+    """A blackhole (bytes stop, sockets stay open) rather than refused connections: the write in flight
+    waits on its socket, so no failure reaches the breaker; the batch is kept, the loop keeps polling."""
+    rng = random.Random(11)
+    topic, writer = setup_topic(kafka_bootstrap, make_topic, PARTITIONS)
+    traffic = Traffic(writer)
+    group = unique("group")
+    env = service_env(
+        kafka_bootstrap,
+        topic,
+        group,
+        via_proxy(sink_url, postgres_proxy.port),
+        sink_table,
+        BATCH_MAX_RECORDS="500",
+        KAFKA_MAX_POLL_INTERVAL_MS=str(MAX_POLL_INTERVAL_MS),
+        **QUICK_RETRIES,
+    )
+    traffic.send_mixed(range(1000), poison=2, rng=rng)
+    svc = service(env)
+    wait_committed(kafka_bootstrap, group, writer, [svc])
+    joined = _rebalances(svc)
+    before_outage = writer.end_offsets
+
+    postgres_proxy.cut("blackhole")
+    traffic.send_mixed(range(1000, 3000), poison=2, rng=rng)
+    wait_until(
+        lambda: svc.metric("consumer_paused_partitions"), 30, "partitions paused", until=lambda n: n > 0
+    )
+    seen: set[tuple[float, int]] = set()  # (breaker state, /readyz status) observed during the partition
+
+    def nothing_moves() -> None:
+        assert committed_offsets(kafka_bootstrap, group, topic, PARTITIONS) == before_outage
+        assert svc.metric_sum("consumer_records_total", outcome="dlq") == 2
+        assert _rebalances(svc) == joined
+        assert svc.http_get("/healthz")[0] == 200
+        seen.add(
+            (svc.metric("consumer_circuit_breaker_state", dependency="sink"), svc.http_get("/readyz")[0])
+        )
+
+    _hold(PARTITION_S, nothing_moves, "the database partition to last its time")
+    postgres_proxy.restore()
+
+    wait_committed(kafka_bootstrap, group, writer, [svc])
+    wait_metric(svc, "sunk", len(traffic.valid_ids))
+    assert_one_row_per_key(sink_url, sink_table, len(traffic.valid_ids))
+    assert svc.metric_sum("consumer_records_total", outcome="duplicate") == 0
+    _assert_dead_letters_exact(kafka_bootstrap, topic, traffic)
+    assert _rebalances(svc) == joined, "the partition cost the group membership"
+    print(f"database partition: (breaker state, /readyz) seen while blackholed: {sorted(seen)}")
     assert svc.terminate() == 0
 
 
@@ -458,8 +522,9 @@ def test_ten_sigkills_with_restarts_write_every_valid_record_once_and_dead_lette
     traffic.send_mixed(range(n), poison=poison, rng=rng)
     # Kill when the row count passes each threshold (or, if a restart starts past it, at its first write).
     thresholds = sorted(rng.sample(range(2000, n - 5000), kills))
-    killed_at: list[int] = []
+    killed_at: list[tuple[int, float]] = []  # (rows, seconds since that start), for the report
     for threshold in thresholds:
+        started = time.monotonic()
         svc = service(env)
         start_rows = rows_or_zero(sink_url, sink_table)
         target = min(max(threshold, start_rows + 1), n)
@@ -471,7 +536,7 @@ def test_ten_sigkills_with_restarts_write_every_valid_record_once_and_dead_lette
 
         wait_until(progress, 120, f"{target} rows", interval_s=0.05, until=lambda c, t=target: c >= t)
         assert svc.kill() == -9
-        killed_at.append(rows_or_zero(sink_url, sink_table))
+        killed_at.append((rows_or_zero(sink_url, sink_table), round(time.monotonic() - started, 1)))
 
     last = service(env)
     wait_committed(kafka_bootstrap, group, writer, [last], timeout_s=180)
@@ -485,5 +550,7 @@ def test_ten_sigkills_with_restarts_write_every_valid_record_once_and_dead_lette
     )
     assert {m.headers["dlq.stage"] for m in letters} == {b"decode"}
     duplicates = len(letters) - len(seen)
-    print(f"ten sigkills: rows at each kill {killed_at}; {duplicates} duplicate dead letters")
+    print(
+        f"ten sigkills: (rows, s after start) at each kill {killed_at}; {duplicates} duplicate dead letters"
+    )
     assert last.terminate() == 0
