@@ -46,6 +46,9 @@ from consumer.status import StatusBoard
 
 log = logging.getLogger(__name__)
 
+# librdkafka's own log lines go through Python logging (served inside poll), so LOG_FORMAT=json holds for them
+KAFKA_LOGGER = "consumer.kafka"
+
 
 def kafka_client_config(settings: Settings) -> dict[str, Any]:
     """Properties shared by every Kafka client: brokers, security, and KAFKA_EXTRA__* passthrough."""
@@ -76,6 +79,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
         "statistics.interval.ms": 5000,  # the group's committed offsets for lag before our first commit
+        "logger": logging.getLogger(KAFKA_LOGGER),
         **kafka_client_config(settings),
     }
 
@@ -144,7 +148,8 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     _ensure_dead_letter_topic(client_config, settings)
     try:
         source = KafkaSource(consumer_config(settings), settings.consumer_topics)
-        publisher = KafkaDeadLetterPublisher(client_config, settings.dead_letter_topic,
+        publisher = KafkaDeadLetterPublisher({**client_config, "logger": logging.getLogger(KAFKA_LOGGER)},
+                                             settings.dead_letter_topic,
                                              settings.consumer_group_id, clock)
     except KafkaException as exc:
         raise ConfigError(f"KAFKA_EXTRA: {exc.args[0].str()}") from None

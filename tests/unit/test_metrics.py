@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
+from support.contract import CONTRACT, contract_metrics, read_contract_metrics
 
 from consumer.metrics import Metrics
 
-CONTRACT = Path(__file__).resolve().parents[3] / "shared" / "CONTRACT.md"
 _TYPES = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
 
 
@@ -27,22 +24,6 @@ def _exposed_name(metric: MetricWrapperBase) -> str:
 
 def _type_of(metric: MetricWrapperBase) -> str:
     return next(kind for cls, kind in _TYPES.items() if isinstance(metric, cls))
-
-
-def contract_metrics(text: str) -> dict[str, tuple[str, frozenset[str]]]:
-    """The contract's metric table: exposed name -> (type, label names)."""
-    section = text.split("## Metrics", 1)[1].split("\n## ", 1)[0]
-    table: dict[str, tuple[str, frozenset[str]]] = {}
-    for line in section.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
-        if len(cells) < 3 or not cells[0].startswith("`consumer_"):
-            continue
-        name = cells[0].strip("`")
-        described = re.split(r"[;:]", re.sub(r"\([^)]*\)", "", cells[2]))[0]
-        without_values = re.sub(r"=\s*`[^`]*`(\s*,\s*`[^`]*`)*", "", described)
-        labels = frozenset(re.findall(r"`([a-z_]+)`", without_values))
-        table[name] = (cells[1], labels)
-    return table
 
 
 def test_every_attribute_is_its_exposed_name_minus_the_prefix() -> None:
@@ -78,9 +59,9 @@ def test_the_contract_parser_reads_types_and_labels() -> None:
 
 
 def test_exported_metrics_match_the_contract_table() -> None:
-    if not CONTRACT.is_file():
+    contract = read_contract_metrics()
+    if contract is None:
         pytest.skip(f"no contract at {CONTRACT} (../shared beside the repository)")
-    contract = contract_metrics(CONTRACT.read_text(encoding="utf-8"))
     assert len(contract) >= 16, f"contract table not parsed: {sorted(contract)}"
     exported = {_exposed_name(m): (_type_of(m), frozenset(m._labelnames)) for m in _declared().values()}
     missing = sorted(set(contract) - set(exported))
