@@ -176,8 +176,7 @@ class Supervisor:
         now = self._clock.monotonic()
         if slot.process is None:
             if slot.restart_at is not None and now >= slot.restart_at:
-                self._spawn(slot)
-                slot.restarts += 1
+                self._spawn(slot, restart=True)
                 self._metrics.worker_restarts_total.labels(str(slot.index)).inc()
                 log.info("worker restarted", extra={"worker": slot.index, "pid": self._pid(slot),
                                                     "restarts": slot.restarts})
@@ -199,12 +198,13 @@ class Supervisor:
         log.warning("worker exited unexpectedly; restarting", extra={**context, "restart_in_s": decision.restart_in_s})
         return None
 
-    def _spawn(self, slot: _Slot) -> None:
+    def _spawn(self, slot: _Slot, restart: bool = False) -> None:
         port = _free_port()
         process = subprocess.Popen(worker_command(slot.index, port), stdin=subprocess.PIPE)
         with self._lock:
             slot.process, slot.port, slot.restart_at = process, port, None
             slot.generation += 1
+            slot.restarts += restart
             slot.started_at, slot.started_wall = self._clock.monotonic(), self._clock.wall()
         self._metrics.workers_running.inc()
         log.info("worker started", extra={"worker": slot.index, "pid": process.pid, "worker_port": port})
