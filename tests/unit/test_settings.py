@@ -61,6 +61,10 @@ def test_empty_topics(monkeypatch: pytest.MonkeyPatch) -> None:
         ("LOG_LEVEL", "chatty"),
         ("KAFKA_SECURITY_PROTOCOL", "tls"),
         ("SCHEMA_FILE", "/does/not/exist.avsc"),
+        ("WORKERS", "0"),
+        ("WORKERS", "abc"),
+        ("WORKERS", "-2"),
+        ("WORKERS", "1.5"),
     ],
 )
 def test_bad_value_names_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -117,3 +121,14 @@ def test_every_contract_variable_is_a_settings_field() -> None:
 
     missing = [name for name in CONTRACT_VARIABLES if name.lower() not in Settings.model_fields]
     assert missing == []
+
+
+@pytest.mark.parametrize(("value", "expected"), [("3", 3), (" 2 ", 2), ("auto", os.cpu_count() or 1),
+                                                 ("AUTO", os.cpu_count() or 1)])
+def test_workers_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str, expected: int) -> None:
+    monkeypatch.setenv("WORKERS", value)
+    assert load_settings().workers == expected
+
+
+def test_workers_defaults_to_one_process() -> None:
+    assert load_settings().workers == 1
