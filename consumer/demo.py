@@ -67,7 +67,8 @@ def _start_broker() -> tuple[subprocess.Popen[bytes], str]:
          "--advertised-listener-url", f"tcp://{address}"], stdin=subprocess.DEVNULL, stdout=log,
         stderr=subprocess.STDOUT,
     )
-    AdminClient({"bootstrap.servers": address}).list_topics(timeout=30)
+    # librdkafka logs each refused connection while the broker starts listening; the wait is expected
+    AdminClient({"bootstrap.servers": address, "log_level": 0}).list_topics(timeout=30)
     return process, address
 
 
@@ -136,7 +137,7 @@ def run_demo(records: int, keep_running: bool, fmt: str = "text") -> int:
     if schema_path is None:
         print(f"demo: {_SCHEMA_NAME} not found; run it from the repository root")
         return 1
-    view = Console(stderr=fmt == "json")
+    view = Console(stderr=fmt == "json", soft_wrap=True)
     broker, address = _start_broker()
     try:
         view.print(f"demo: broker on {address}; producing {records} events to {TOPIC} ...")
@@ -170,6 +171,9 @@ def _serve(address: str, schema: Path, produced: ProduceReport, keep_running: bo
     worker.start()
     url = f"http://127.0.0.1:{app.server.port}/metrics"
     view.print(f"demo: service running, metrics on {url}" + ("; Ctrl-C stops it" if keep_running else ""))
+    if keep_running:
+        view.print(f"demo: look closer meanwhile: KAFKA_BOOTSTRAP_SERVERS={address} CONSUMER_TOPICS={TOPIC} "
+                   f"SCHEMA_FILE={schema} consumer dlq inspect")
     watch = Watch(app.metrics, dict(produced.end_offsets))
     try:
         _watch(watch, stop, keep_running, view)
@@ -194,13 +198,15 @@ def _watch(watch: Watch, stop: threading.Event, keep_running: bool, view: Consol
                 if watch.done and not keep_running:
                     return
         return
-    turns = 0
+    turns, shown = 0, ""
     while not stop.wait(_REFRESH_S):
         watch.refresh(clock.monotonic())
         turns += 1
         finished = watch.done and not keep_running
-        if turns % _PLAIN_EVERY == 0 or finished:
-            view.print(watch.line(), soft_wrap=True)
+        line = watch.line()
+        if (turns % _PLAIN_EVERY == 0 and line != shown) or finished:
+            view.print(line)
+            shown = line
         if finished:
             return
 
@@ -253,5 +259,4 @@ def _summary_text(summary: dict[str, Any]) -> str:
         f"  tombstones skipped  {summary['tombstones_skipped']}",
         f"  offsets committed   {committed}  (partition offset; every record: {summary['all_committed']})",
         f"  metrics             {summary['metrics_url']}  (served while the demo ran)",
-        "  look closer:        consumer dlq inspect  (with the demo's broker running: demo --keep-running)",
     ])
