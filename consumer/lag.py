@@ -7,8 +7,10 @@ report it (fetched at assignment), else the low watermark (a new group starts at
 Lag in seconds is the age of the oldest record not yet committed, measured per batch, not per record:
 a partition with lag reports the age of the oldest record in hand (the first record of the oldest batch
 polled and not yet committed). The maximum over partitions is therefore exact; a single partition may
-read high while another partition's older batch is in hand. A partition without lag reads 0, and so
-does one whose records are not in hand yet (not fetched since the last commit).
+read high while another partition's older batch is in hand. A partition without lag reads 0. When a
+partition's records leave our hands uncommitted (the dead-letter guard dropped them), the age last seen
+keeps growing for as long as its committed offset stays where it was; after a commit, a partition whose
+next records are not in hand yet reads 0 until they are polled.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class LagMonitor:
         self._clock = clock
         self._interval_s = interval_s
         self._next_at = 0.0
+        self._aged_from: dict[TopicPartition, tuple[int, int]] = {}  # committed offset -> oldest timestamp, ms
         self.partitions: tuple[PartitionLag, ...] = ()
 
     def due(self) -> bool:
@@ -57,9 +60,8 @@ class LagMonitor:
     ) -> tuple[PartitionLag, ...]:
         """Recompute every assigned partition's lag and set both gauges; cost O(partitions)."""
         self._next_at = self._clock.monotonic() + self._interval_s
-        age_s = 0.0
-        if oldest_in_hand_ms is not None:
-            age_s = max(0.0, self._clock.wall() - oldest_in_hand_ms / 1000)
+        now_ms = self._clock.wall() * 1000
+        aged_from: dict[TopicPartition, tuple[int, int]] = {}
         rows = []
         for topic, partition in sorted(assigned):
             tp = (topic, partition)
@@ -67,13 +69,24 @@ class LagMonitor:
             offset = ours if ours is not None else group_committed(tp)
             high = high_watermark(tp)
             records = max(0, high - offset) if high is not None and offset is not None else None
-            seconds = age_s if records else 0.0
+            oldest_ms = self._oldest_ms(tp, offset, oldest_in_hand_ms) if records else None
+            if oldest_ms is not None and offset is not None:
+                aged_from[tp] = (offset, oldest_ms)
+            seconds = max(0.0, (now_ms - oldest_ms) / 1000) if oldest_ms is not None else 0.0
             if records is not None:
                 self._metrics.lag_records.labels(topic, str(partition)).set(records)
             self._metrics.lag_seconds.labels(topic, str(partition)).set(seconds)
             rows.append(PartitionLag(topic, partition, offset, high, records, round(seconds, 3)))
+        self._aged_from = aged_from
         self.partitions = tuple(rows)
         return self.partitions
+
+    def _oldest_ms(self, partition: TopicPartition, offset: int | None, in_hand_ms: int | None) -> int | None:
+        """The oldest record in hand, else the one seen last time if the partition has not committed since."""
+        if in_hand_ms is not None:
+            return in_hand_ms
+        before = self._aged_from.get(partition)
+        return before[1] if before is not None and before[0] == offset else None
 
     def total_records(self) -> int:
         return sum(row.lag_records or 0 for row in self.partitions)

@@ -57,3 +57,18 @@ def test_refresh_is_due_once_per_interval() -> None:
 def test_no_timestamps_in_hand_means_no_age() -> None:
     assert oldest_timestamp_ms([]) is None
     assert oldest_timestamp_ms([-1, -1]) is None
+
+
+def test_an_age_keeps_growing_while_records_left_our_hands_uncommitted() -> None:
+    """The guard drops the batch in hand: nothing is in hand, nothing is committed, the records get older."""
+    registry, clock = CollectorRegistry(), FakeClock(wall=1_700_000_100.0)
+    lag = LagMonitor(Metrics(registry, ["t"]), clock, 1.0)
+    committed, high = {A: 3}, {A: 9}
+    lag.refresh([A], committed.get, {}.get, high.get, 1_700_000_090_000)
+    assert _gauge(registry, "consumer_lag_seconds", 0) == 10.0
+    clock.advance(20)
+    lag.refresh([A], committed.get, {}.get, high.get, None)
+    assert _gauge(registry, "consumer_lag_seconds", 0) == 30.0
+    committed[A] = 6  # a commit moved the partition: the remembered record is behind us
+    lag.refresh([A], committed.get, {}.get, high.get, None)
+    assert _gauge(registry, "consumer_lag_seconds", 0) == 0.0
