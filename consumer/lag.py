@@ -43,7 +43,9 @@ class LagMonitor:
         self._clock = clock
         self._interval_s = interval_s
         self._next_at = 0.0
-        self._aged_from: dict[TopicPartition, tuple[int, int]] = {}  # committed offset -> oldest timestamp, ms
+        self._aged_from: dict[
+            TopicPartition, tuple[int, int]
+        ] = {}  # committed offset -> oldest timestamp, ms
         self.partitions: tuple[PartitionLag, ...] = ()
 
     def due(self) -> bool:

@@ -23,7 +23,7 @@ from consumer.records import BatchResult, TopicPartition
 
 log = logging.getLogger(__name__)
 
-RATE_WINDOW_S = 60.0  # records/s for the drain estimate: long enough to smooth batches, short enough to follow
+RATE_WINDOW_S = 60.0  # records/s for the drain estimate: smooths batches, still follows a change
 
 
 @dataclass(slots=True)
@@ -35,9 +35,6 @@ class _Totals:
 
     def copy(self) -> _Totals:
         return _Totals(dict(self.outcomes), self.batches)
-
-    def records(self) -> int:
-        return sum(self.outcomes.values())
 
 
 class StatusBoard:
@@ -61,7 +58,8 @@ class StatusBoard:
             "records_per_second": 0.0,
             "time_to_drain_seconds": 0.0,
             "totals": {"records": dict(self._totals.outcomes), "batches": 0},
-            "guard": {"max_ratio": settings.get("DLQ_MAX_RATIO"), "min_records": settings.get("DLQ_GUARD_MIN_RECORDS")},
+            "guard": {"max_ratio": settings.get("DLQ_MAX_RATIO"),
+                      "min_records": settings.get("DLQ_GUARD_MIN_RECORDS")},
             "breaker": {},  # per dependency: {"state": "closed" | "half_open" | "open", "since": wall time}
             "last_batch": None,
             "last_commit_at": None,
@@ -92,8 +90,8 @@ class StatusBoard:
         self._publish()
 
     def partitions(self, rows: Iterable[PartitionLag], paused: Collection[TopicPartition]) -> None:
-        """Every assigned partition with its committed offset, lag and pause state (each lag refresh); logs the
-        periodic summary when it is due."""
+        """Every assigned partition with its committed offset, lag and pause state (each lag refresh);
+        logs the periodic summary when it is due."""
         shown = [{**asdict(row), "paused": (row.topic, row.partition) in paused} for row in rows]
         self._snapshot["assignment"] = shown
         self._lag = (sum(row["lag_records"] or 0 for row in shown),
@@ -139,7 +137,8 @@ class StatusBoard:
         rate = sum(n for _, n in self._recent) / span
         self._snapshot["records_per_second"] = round(rate, 3)
         lag = self._lag[0]
-        self._snapshot["time_to_drain_seconds"] = 0.0 if lag == 0 else round(lag / rate, 1) if rate > 0 else None
+        drain = round(lag / rate, 1) if rate > 0 else None  # null: lagging and not draining at all
+        self._snapshot["time_to_drain_seconds"] = 0.0 if lag == 0 else drain
 
     def _log_summary(self, paused: int) -> None:
         now = self._clock.monotonic()

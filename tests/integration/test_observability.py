@@ -117,10 +117,21 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
     url = via_proxy(sink_url.replace("postgres@", f"postgres:{SINK_PASSWORD}@"), postgres_proxy.port)
     assert SINK_PASSWORD in url
     env = service_env(
-        kafka_bootstrap, topic, group, url, sink_table,
-        LOG_FORMAT="json", LOG_LEVEL="DEBUG", LOG_SUMMARY_INTERVAL_S="1", KAFKA_SASL_PASSWORD=SASL_PASSWORD,
-        BATCH_MAX_RECORDS="200", BREAKER_FAILURE_THRESHOLD="2", RETRY_BACKOFF_INITIAL_MS="50",
-        RETRY_BACKOFF_MAX_MS="200", BREAKER_RESET_TIMEOUT_MS="500", SHUTDOWN_TIMEOUT_MS="60000",
+        kafka_bootstrap,
+        topic,
+        group,
+        url,
+        sink_table,
+        LOG_FORMAT="json",
+        LOG_LEVEL="DEBUG",
+        LOG_SUMMARY_INTERVAL_S="1",
+        KAFKA_SASL_PASSWORD=SASL_PASSWORD,
+        BATCH_MAX_RECORDS="200",
+        BREAKER_FAILURE_THRESHOLD="2",
+        RETRY_BACKOFF_INITIAL_MS="50",
+        RETRY_BACKOFF_MAX_MS="200",
+        BREAKER_RESET_TIMEOUT_MS="500",
+        SHUTDOWN_TIMEOUT_MS="60000",
     )
     svc = service(env)
 
@@ -134,8 +145,12 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
     wait_metric(svc, "skipped", TOMBSTONES)
     assert _probe(svc, "/readyz") == (200, "ready")
     assert _probe(svc, "/healthz") == (200, "ok")
-    wait_until(lambda: svc.metric_sum("consumer_lag_records"), 30, "lag 0 after the commits",
-               until=lambda lag: lag == 0)
+    wait_until(
+        lambda: svc.metric_sum("consumer_lag_records"),
+        30,
+        "lag 0 after the commits",
+        until=lambda lag: lag == 0,
+    )
 
     families = _families(svc)
     if contract is not None:  # every contract metric, with its type and its labels
@@ -147,8 +162,14 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
 
     sample = svc.metric
     total = svc.metric_sum
-    sunk, duplicate = total("consumer_records_total", outcome="sunk"), total("consumer_records_total", outcome="duplicate")
-    dlq, skipped = total("consumer_records_total", outcome="dlq"), total("consumer_records_total", outcome="skipped")
+    sunk, duplicate = (
+        total("consumer_records_total", outcome="sunk"),
+        total("consumer_records_total", outcome="duplicate"),
+    )
+    dlq, skipped = (
+        total("consumer_records_total", outcome="dlq"),
+        total("consumer_records_total", outcome="skipped"),
+    )
     assert sunk + duplicate + dlq == produced - TOMBSTONES
     assert (sunk, duplicate, dlq, skipped) == (VALID, REPEATS, GARBAGE, TOMBSTONES)
     assert sample("consumer_records_total", topic=topic, outcome="sunk") == VALID
@@ -176,12 +197,25 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
     assert total("consumer_info", group=group) == 1
 
     status = _status(svc)
-    assert [(row["partition"], row["committed"], row["lag_records"], row["lag_seconds"], row["paused"])
-            for row in status["assignment"]] == [(p, end, 0, 0.0, False) for p, end in sorted(writer.end_offsets.items())]
-    assert status["totals"]["records"] == {"sunk": VALID, "duplicate": REPEATS, "dlq": GARBAGE, "skipped": TOMBSTONES}
+    assert [
+        (row["partition"], row["committed"], row["lag_records"], row["lag_seconds"], row["paused"])
+        for row in status["assignment"]
+    ] == [(p, end, 0, 0.0, False) for p, end in sorted(writer.end_offsets.items())]
+    assert status["totals"]["records"] == {
+        "sunk": VALID,
+        "duplicate": REPEATS,
+        "dlq": GARBAGE,
+        "skipped": TOMBSTONES,
+    }
     assert status["totals"]["batches"] == batches
-    assert set(status["last_batch"]) >= {"records", "close_reason", "decode_seconds", "sink_seconds",
-                                         "commit_seconds", "total_seconds"}
+    assert set(status["last_batch"]) >= {
+        "records",
+        "close_reason",
+        "decode_seconds",
+        "sink_seconds",
+        "commit_seconds",
+        "total_seconds",
+    }
     assert status["time_to_drain_seconds"] == 0.0
     assert status["breaker"]["sink"]["state"] == "closed"
     assert status["guard"]["tripped"] is False and status["ready"] is True
@@ -193,18 +227,33 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
     postgres_proxy.cut()
     later = TopicWriter(kafka_bootstrap, topic)
     later.send(valid_messages(range(VALID, VALID + LATER), keyed=True))
-    wait_until(lambda: svc.metric_sum("consumer_lag_records"), 60, f"lag of {LATER} records",
-               until=lambda lag: lag == LATER)
-    wait_until(lambda: _probe(svc, "/readyz"), 60, "not ready while the breaker is open",
-               until=lambda probe: probe == (503, "circuit breaker open"))
+    wait_until(
+        lambda: svc.metric_sum("consumer_lag_records"),
+        60,
+        f"lag of {LATER} records",
+        until=lambda lag: lag == LATER,
+    )
+    wait_until(
+        lambda: _probe(svc, "/readyz"),
+        60,
+        "not ready while the breaker is open",
+        until=lambda probe: probe == (503, "circuit breaker open"),
+    )
     assert _probe(svc, "/healthz") == (200, "ok")
     assert svc.metric("consumer_circuit_breaker_state", dependency="sink") >= 1
     assert svc.metric("consumer_paused_partitions") >= 1
     assert svc.metric_sum("consumer_lag_seconds") > 0  # the oldest record in hand has an age
     # partitions are paused while the batch waits, resumed while its probe is in flight: wait for a pause
-    outage = wait_until(lambda: _status(svc), 30, "/status to show the lag and paused partitions",
-                        until=lambda s: s["lag"]["records"] == LATER and s["lag"]["seconds"] > 0
-                        and any(row["paused"] for row in s["assignment"]))
+    outage = wait_until(
+        lambda: _status(svc),
+        30,
+        "/status to show the lag and paused partitions",
+        until=lambda s: (
+            s["lag"]["records"] == LATER
+            and s["lag"]["seconds"] > 0
+            and any(row["paused"] for row in s["assignment"])
+        ),
+    )
     assert outage["last_error"]["class"] == "SinkUnavailableError"
     assert outage["breaker"]["sink"]["state"] in {"open", "half_open"}
     assert outage["ready"] is False and outage["not_ready_because"] == "circuit breaker open"
@@ -212,8 +261,12 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
 
     # --- shutdown while the batch in hand cannot be written: not ready, then exit 0 once it is -------
     svc.process.send_signal(signal.SIGTERM)
-    wait_until(lambda: _probe(svc, "/readyz"), 30, "not ready while shutting down",
-               until=lambda probe: probe == (503, "shutting down"))
+    wait_until(
+        lambda: _probe(svc, "/readyz"),
+        30,
+        "not ready while shutting down",
+        until=lambda probe: probe == (503, "shutting down"),
+    )
     postgres_proxy.restore()
     assert svc.wait(90) == 0
     assert count_rows(sink_url, sink_table) == VALID + LATER
@@ -224,7 +277,9 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
     assert len(committed) >= batches and all(line["level"] == "DEBUG" for line in committed)
     summaries = [line for line in lines if line["msg"] == "summary"]
     assert summaries and all(line["level"] == "INFO" for line in summaries)
-    assert {"records_per_second", "records_sunk", "records_dlq", "lag_records", "lag_seconds"} <= set(summaries[0])
+    assert {"records_per_second", "records_sunk", "records_dlq", "lag_records", "lag_seconds"} <= set(
+        summaries[0]
+    )
     assert sum(line["records_sunk"] for line in summaries) <= VALID + LATER
     log = svc.log_text()
     for secret in (SINK_PASSWORD, SASL_PASSWORD):
@@ -244,11 +299,20 @@ def test_readyz_fails_and_status_says_why_while_the_dead_letter_guard_holds(
     writer.send([Msg(value=encode(make_event(i))) for i in range(100)])
     writer.send([Msg(value=b"\x00 garbage from a bad deploy") for _ in range(300)])
     env = service_env(
-        kafka_bootstrap, topic, unique("group"), f"sqlite:///{tmp_path / 'sink.db'}", "events",
-        BATCH_MAX_RECORDS="100", BATCH_MAX_WAIT_MS="60000", DLQ_GUARD_MIN_RECORDS="200", DLQ_MAX_RATIO="0.2",
+        kafka_bootstrap,
+        topic,
+        unique("group"),
+        f"sqlite:///{tmp_path / 'sink.db'}",
+        "events",
+        BATCH_MAX_RECORDS="100",
+        BATCH_MAX_WAIT_MS="60000",
+        DLQ_GUARD_MIN_RECORDS="200",
+        DLQ_MAX_RATIO="0.2",
     )
     svc = service(env)
-    wait_until(lambda: svc.metric("consumer_dlq_guard_tripped"), 90, "the guard to trip", until=lambda v: v == 1)
+    wait_until(
+        lambda: svc.metric("consumer_dlq_guard_tripped"), 90, "the guard to trip", until=lambda v: v == 1
+    )
     assert _probe(svc, "/readyz") == (503, "dead-letter guard tripped")
     assert _probe(svc, "/healthz") == (200, "ok")
     status = _status(svc)

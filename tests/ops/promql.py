@@ -24,11 +24,27 @@ RULE_TESTS = sorted(RULES_DIR.glob("*.test.yml"))
 # Series Prometheus itself writes for every scrape target; not the service's to export.
 PROMETHEUS_OWN = frozenset({"up"})
 
-_KEYWORDS = frozenset({
-    "and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right",
-    "inf", "nan", "atan2",
-})
-_GRAFANA_DURATIONS = re.compile(r"\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}")
+_KEYWORDS = frozenset(
+    {
+        "and",
+        "or",
+        "unless",
+        "bool",
+        "offset",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "inf",
+        "nan",
+        "atan2",
+    }
+)
+_GRAFANA_DURATIONS = re.compile(
+    r"\$__(rate_interval|interval|range)\b|\$\{__(rate_interval|interval|range)\}"
+)
 _GRAFANA_VARIABLE = re.compile(r"\$\{?\w+\}?")
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _BRACES = re.compile(r"\{[^{}]*\}")
@@ -36,7 +52,9 @@ _BRACKETS = re.compile(r"\[[^\[\]]*\]")
 _LABEL_LISTS = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)")
 _NAME_MATCHER = re.compile(r'__name__\s*=~?\s*"([A-Za-z_:][\w:]*)"')
 _IDENTIFIER = re.compile(r"(?<![\w.:])[A-Za-z_:][\w:]*")
-_LABEL_VALUES = re.compile(r"^\s*label_values\((.*),\s*\w+\s*\)\s*$|^\s*label_values\(\s*\w+\s*\)\s*$", re.DOTALL)
+_LABEL_VALUES = re.compile(
+    r"^\s*label_values\((.*),\s*\w+\s*\)\s*$|^\s*label_values\(\s*\w+\s*\)\s*$", re.DOTALL
+)
 
 
 @dataclass(frozen=True)
@@ -63,7 +81,7 @@ def metric_names(promql: str) -> set[str]:
     names = named
     for match in _IDENTIFIER.finditer(text):
         name = match.group(0)
-        called = text[match.end():].lstrip().startswith("(")
+        called = text[match.end() :].lstrip().startswith("(")
         if not called and name.lower() not in _KEYWORDS:
             names.add(name)
     return names
@@ -160,7 +178,9 @@ def exported_names(metrics_factory: Callable[[CollectorRegistry, list[str]], obj
     return names
 
 
-def unknown_names(expressions: Iterable[Expression], known: set[str], grafana: bool = False) -> dict[str, set[str]]:
+def unknown_names(
+    expressions: Iterable[Expression], known: set[str], grafana: bool = False
+) -> dict[str, set[str]]:
     """Per expression, the metric names it references that `known` does not hold."""
     unknown = {}
     for expression in expressions:

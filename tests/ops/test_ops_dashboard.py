@@ -15,9 +15,17 @@ PINNED = {"type": "prometheus", "uid": "prometheus"}
 
 # What the on-call engineer must see at a glance (issue 4), by panel title.
 REQUIRED_PANELS = (
-    "Throughput by outcome", "Lag by partition", "Lag total per topic", "Batch size (records)",
-    "Batch duration by stage (p50 / p99)", "End-to-end latency (p50 / p99)", "Dead letters by stage and error class",
-    "Circuit breaker state", "Paused partitions per pod", "Rebalances", "Commit age per pod",
+    "Throughput by outcome",
+    "Lag by partition",
+    "Lag total per topic",
+    "Batch size (records)",
+    "Batch duration by stage (p50 / p99)",
+    "End-to-end latency (p50 / p99)",
+    "Dead letters by stage and error class",
+    "Circuit breaker state",
+    "Paused partitions per pod",
+    "Rebalances",
+    "Commit age per pod",
 )
 
 
@@ -85,7 +93,9 @@ def test_provisioned_datasource_has_the_pinned_uid() -> None:
 
 
 def test_provisioned_dashboard_provider_loads_files_from_a_mounted_folder() -> None:
-    document = yaml.safe_load((PROVISIONING / "dashboards" / "microbatch-consumer.yml").read_text(encoding="utf-8"))
+    document = yaml.safe_load(
+        (PROVISIONING / "dashboards" / "microbatch-consumer.yml").read_text(encoding="utf-8")
+    )
     (provider,) = document["providers"]
     assert provider["type"] == "file" and provider["options"]["path"].startswith("/")
     assert DASHBOARDS and all(load_dashboard(p)["uid"] for p in DASHBOARDS)

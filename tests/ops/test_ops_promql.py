@@ -122,6 +122,10 @@ def test_metric_names_are_read_from_promql(promql: str, names: set[str]) -> None
 
 def test_exported_names_include_histogram_and_counter_samples() -> None:
     names = exported_names()
-    assert {"consumer_batch_records_bucket", "consumer_batch_records_sum", "consumer_batch_records_count"} <= names
+    assert {
+        "consumer_batch_records_bucket",
+        "consumer_batch_records_sum",
+        "consumer_batch_records_count",
+    } <= names
     assert {"consumer_records_total", "consumer_lag_seconds", "consumer_lag_records"} <= names
     assert "consumer_records" not in names

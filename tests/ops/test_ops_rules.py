@@ -38,7 +38,12 @@ def _promtool() -> str:
 
 def _run(*args: str, cwd: Path = RULES_DIR) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_promtool(), *args], cwd=cwd, capture_output=True, text=True, timeout=_PROMTOOL_TIMEOUT_S, check=False
+        [_promtool(), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=_PROMTOOL_TIMEOUT_S,
+        check=False,
     )
 
 
@@ -67,14 +72,19 @@ def test_a_wrong_expectation_fails_promtool(tmp_path: Path) -> None:
     wrong = {
         "rule_files": [p.name for p in RULE_FILES],
         "evaluation_interval": "30s",
-        "tests": [{
-            "interval": "1m",
-            "input_series": [{"series": 'consumer_dlq_guard_tripped{instance="a"}', "values": "0x5"}],
-            "alert_rule_test": [{
-                "eval_time": "3m", "alertname": "ConsumerDeadLetterGuardTripped",
-                "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "a"}}],
-            }],
-        }],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": 'consumer_dlq_guard_tripped{instance="a"}', "values": "0x5"}],
+                "alert_rule_test": [
+                    {
+                        "eval_time": "3m",
+                        "alertname": "ConsumerDeadLetterGuardTripped",
+                        "exp_alerts": [{"exp_labels": {"severity": "critical", "instance": "a"}}],
+                    }
+                ],
+            }
+        ],
     }
     (tmp_path / "wrong.test.yml").write_text(yaml.safe_dump(wrong), encoding="utf-8")
     assert _run("test", "rules", "wrong.test.yml", cwd=tmp_path).returncode != 0
@@ -87,7 +97,10 @@ def _alert_cases() -> dict[str, tuple[int, int]]:
         for test in yaml.safe_load(path.read_text(encoding="utf-8"))["tests"]:
             for case in test.get("alert_rule_test", []):
                 firing, silent = cases.get(case["alertname"], (0, 0))
-                cases[case["alertname"]] = (firing + bool(case.get("exp_alerts")), silent + (not case.get("exp_alerts")))
+                cases[case["alertname"]] = (
+                    firing + bool(case.get("exp_alerts")),
+                    silent + (not case.get("exp_alerts")),
+                )
     return cases
 
 
@@ -100,8 +113,12 @@ def test_every_alert_has_a_firing_and_a_silent_unit_test(alert: str) -> None:
 
 def test_the_issues_alerts_are_all_there() -> None:
     assert {rule["alert"] for rule in alerts()} >= {
-        "ConsumerLagGrowing", "ConsumerNoCommit", "ConsumerCircuitBreakerOpen", "ConsumerDeadLetterRateHigh",
-        "ConsumerDeadLetterGuardTripped", "ConsumerTargetDown",
+        "ConsumerLagGrowing",
+        "ConsumerNoCommit",
+        "ConsumerCircuitBreakerOpen",
+        "ConsumerDeadLetterRateHigh",
+        "ConsumerDeadLetterGuardTripped",
+        "ConsumerTargetDown",
     }
 
 
@@ -129,8 +146,12 @@ def test_every_runbook_section_but_the_overview_belongs_to_an_alert() -> None:
 def test_dashboard_expressions_are_valid_promql(tmp_path: Path) -> None:
     """promtool parses each dashboard query (Grafana variables filled in) as a recording rule."""
     expressions = [e for path in DASHBOARDS for e in dashboard_expressions(path)]
-    rules = [{"record": f"dashboard:check:{n}", "expr": grafana_to_promql(e.promql)} for n, e in enumerate(expressions)]
-    (tmp_path / "dashboard.yml").write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}),
-                                            encoding="utf-8")
+    rules = [
+        {"record": f"dashboard:check:{n}", "expr": grafana_to_promql(e.promql)}
+        for n, e in enumerate(expressions)
+    ]
+    (tmp_path / "dashboard.yml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8"
+    )
     result = _run("check", "rules", "dashboard.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -22,7 +22,11 @@ def test_lag_uses_our_commit_then_the_groups_then_nothing() -> None:
     group = {A: 10, B: 5}
     high = {A: 50, B: 5}
     rows = lag.refresh([A, B, ("t", 2)], ours.get, group.get, high.get, None)
-    assert [(r.partition, r.committed, r.lag_records) for r in rows] == [(0, 40, 10), (1, 5, 0), (2, None, None)]
+    assert [(r.partition, r.committed, r.lag_records) for r in rows] == [
+        (0, 40, 10),
+        (1, 5, 0),
+        (2, None, None),
+    ]
     assert _gauge(registry, "consumer_lag_records", 0) == 10
     assert _gauge(registry, "consumer_lag_records", 1) == 0
     assert _gauge(registry, "consumer_lag_records", 2) is None  # unknown is not reported as caught up

@@ -30,7 +30,11 @@ def test_json_lines_carry_level_logger_message_and_context_fields() -> None:
     assert "\n" not in line
     parsed = json.loads(line)
     assert {k: parsed[k] for k in ("level", "logger", "msg", "batch_id", "records", "partition")} == {
-        "level": "INFO", "logger": "consumer.runner", "msg": "batch committed", "batch_id": 7, "records": 500,
+        "level": "INFO",
+        "logger": "consumer.runner",
+        "msg": "batch committed",
+        "batch_id": 7,
+        "records": 500,
         "partition": 2,
     }
     assert parsed["ts"].endswith("+00:00")
@@ -58,7 +62,9 @@ def test_secrets_are_masked_in_messages_fields_and_tracebacks(inner: logging.For
     assert "***" in line
 
 
-def test_secret_values_cover_the_sasl_password_and_the_sink_url_password(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secret_values_cover_the_sasl_password_and_the_sink_url_password(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CONSUMER_TOPICS", "t")
     monkeypatch.setenv("VALUE_FORMAT", "json")
     monkeypatch.setenv("KAFKA_SASL_PASSWORD", "sasl-pw")

@@ -27,7 +27,7 @@ def _type_of(metric: MetricWrapperBase) -> str:
 
 
 def test_every_attribute_is_its_exposed_name_minus_the_prefix() -> None:
-    """`metrics.records_total` is `consumer_records_total`: grep for either finds both (counters keep `_total`)."""
+    """`metrics.records_total` is `consumer_records_total`: grep finds both (counters keep `_total`)."""
     declared = _declared()
     assert declared, "Metrics declares no metric attributes"
     for attribute, metric in declared.items():

@@ -1,4 +1,4 @@
-"""/status: the snapshot the runner publishes plus live probe state; the periodic summary line; secrets masked."""
+"""/status: the runner's snapshot plus live probe state; the periodic summary line; secrets masked."""
 
 from __future__ import annotations
 
@@ -23,8 +23,14 @@ SETTINGS = {"DLQ_MAX_RATIO": 0.2, "DLQ_GUARD_MIN_RECORDS": 1000, "SINK_URL": "po
 def _result(n: int, batch_id: int = 1) -> BatchResult:
     records = [RawRecord("t", 0, i, 1_700_000_000_000, None, b"v") for i in range(n)]
     batch = Batch(batch_id, records, CloseReason.RECORDS, n, 0.0)
-    return BatchResult(batch, batch.next_offsets(), {"t": TopicCounts(sunk=n - 2, duplicate=1, dlq=1)},
-                       dead_letters=1, decode_seconds=0.25, sink_seconds=0.5)
+    return BatchResult(
+        batch,
+        batch.next_offsets(),
+        {"t": TopicCounts(sunk=n - 2, duplicate=1, dlq=1)},
+        dead_letters=1,
+        decode_seconds=0.25,
+        sink_seconds=0.5,
+    )
 
 
 def _board(clock: FakeClock, summary_s: float = 60.0) -> tuple[HealthState, StatusBoard]:
@@ -39,8 +45,9 @@ def test_status_shows_partitions_batch_breaker_error_guard_and_drain_estimate() 
     board.committed({("t", 0): 100}, at=clock.wall())
     clock.advance(10)
     board.batch(_result(100), commit_seconds=0.125, total_seconds=1.5)
-    board.partitions([PartitionLag("t", 0, 100, 1100, 1000, 12.5), PartitionLag("t", 1, 7, 7, 0, 0.0)],
-                     paused={("t", 0)})
+    board.partitions(
+        [PartitionLag("t", 0, 100, 1100, 1000, 12.5), PartitionLag("t", 1, 7, 7, 0, 0.0)], paused={("t", 0)}
+    )
     board.breaker("sink", BreakerState.OPEN, since=clock.wall())
     board.error(SinkUnavailableError("database down"))
     health.joined = health.sink_ok = True
@@ -49,15 +56,36 @@ def test_status_shows_partitions_batch_breaker_error_guard_and_drain_estimate() 
     body = status_body(health)
     assert body["version"] == "1.2.3"
     assert body["assignment"] == [
-        {"topic": "t", "partition": 0, "committed": 100, "high_watermark": 1100, "lag_records": 1000,
-         "lag_seconds": 12.5, "paused": True},
-        {"topic": "t", "partition": 1, "committed": 7, "high_watermark": 7, "lag_records": 0, "lag_seconds": 0.0,
-         "paused": False},
+        {
+            "topic": "t",
+            "partition": 0,
+            "committed": 100,
+            "high_watermark": 1100,
+            "lag_records": 1000,
+            "lag_seconds": 12.5,
+            "paused": True,
+        },
+        {
+            "topic": "t",
+            "partition": 1,
+            "committed": 7,
+            "high_watermark": 7,
+            "lag_records": 0,
+            "lag_seconds": 0.0,
+            "paused": False,
+        },
     ]
     assert body["lag"] == {"records": 1000, "seconds": 12.5}
     assert body["last_batch"] == {
-        "id": 1, "records": 100, "bytes": 100, "close_reason": "records", "dead_lettered": 1,
-        "decode_seconds": 0.25, "sink_seconds": 0.5, "commit_seconds": 0.125, "total_seconds": 1.5,
+        "id": 1,
+        "records": 100,
+        "bytes": 100,
+        "close_reason": "records",
+        "dead_lettered": 1,
+        "decode_seconds": 0.25,
+        "sink_seconds": 0.5,
+        "commit_seconds": 0.125,
+        "total_seconds": 1.5,
         "committed_at": clock.wall(),
     }
     assert body["totals"] == {"records": {"sunk": 98, "duplicate": 1, "dlq": 1, "skipped": 0}, "batches": 1}
@@ -91,7 +119,9 @@ def test_guard_shows_tripped_as_soon_as_the_runner_says_so() -> None:
     assert body["not_ready_because"] == "dead-letter guard tripped"
 
 
-def test_summary_is_logged_once_per_interval_with_rates_lag_and_outcomes(caplog: pytest.LogCaptureFixture) -> None:
+def test_summary_is_logged_once_per_interval_with_rates_lag_and_outcomes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock()
     _, board = _board(clock, summary_s=30.0)
     caplog.set_level(logging.INFO, logger="consumer.status")
@@ -106,10 +136,18 @@ def test_summary_is_logged_once_per_interval_with_rates_lag_and_outcomes(caplog:
     assert len(summaries) == 1
     fields = vars(summaries[0])
     assert fields["records_per_second"] == 10.0  # 300 records in 30 s
-    assert (fields["records_sunk"], fields["records_duplicate"], fields["records_dlq"], fields["records_skipped"]) \
-        == (298, 1, 1, 0)
-    assert (fields["batches"], fields["lag_records"], fields["lag_seconds"], fields["paused_partitions"]) \
-        == (1, 40, 2.5, 1)
+    assert (
+        fields["records_sunk"],
+        fields["records_duplicate"],
+        fields["records_dlq"],
+        fields["records_skipped"],
+    ) == (298, 1, 1, 0)
+    assert (fields["batches"], fields["lag_records"], fields["lag_seconds"], fields["paused_partitions"]) == (
+        1,
+        40,
+        2.5,
+        1,
+    )
 
 
 def test_status_endpoint_masks_secrets_found_in_any_text() -> None:
