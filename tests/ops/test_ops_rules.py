@@ -65,6 +65,16 @@ def test_promtool_test_rules(tests: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_the_prometheus_config_loads_every_rule_file() -> None:
+    config = OPS / "prometheus" / "prometheus.yml"
+    result = _run("check", "config", config.name, cwd=config.parent)
+    assert result.returncode == 0, result.stdout + result.stderr
+    loaded = {Path(p).name for p in yaml.safe_load(config.read_text(encoding="utf-8"))["rule_files"]}
+    assert loaded == {p.name for p in RULE_FILES}
+    jobs = [job["job_name"] for job in yaml.safe_load(config.read_text(encoding="utf-8"))["scrape_configs"]]
+    assert jobs == ["microbatch-consumer"]  # the job ConsumerTargetDown selects
+
+
 def test_a_wrong_expectation_fails_promtool(tmp_path: Path) -> None:
     """The unit tests can fail: the guard alert expected at a time it has not fired yet."""
     for rules in RULE_FILES:
