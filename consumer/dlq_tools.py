@@ -52,8 +52,9 @@ REPLAY_COUNT = "dlq.replay.count"
 # Without these a record cannot be told apart from any other: it is reported as foreign.
 REQUIRED_HEADERS = (ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, STAGE, ERROR_CLASS)
 
-_PREVIEW_CHARS = 60
-_MESSAGE_CHARS = 80
+_PREVIEW_CHARS = 40
+_PIPE_WIDTH = 160
+_MESSAGE_CHARS = 60
 _POLL_RECORDS = 1000
 _POLL_TIMEOUT_S = 1.0
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
@@ -88,7 +89,7 @@ class DlqEntry:
             "stage": self.stage, "error_class": self.error_class, "error_message": self.error_message,
             "consumer_group": self.consumer_group,
             "failed_at": _iso(self.failed_at), "attempts": self.attempts, "replay_count": self.replay_count,
-            "key": _bytes_preview(self.raw.key), "value_bytes": self.raw.size, "value_preview": preview,
+            "key": _bytes_preview(self.raw.key) if self.raw.key is not None else None, "value_bytes": self.raw.size, "value_preview": preview,
         }
 
 
@@ -436,7 +437,7 @@ def _bytes_preview(value: bytes | None) -> str:
     text = value.decode("utf-8", errors="replace")
     if text.isprintable() and "\ufffd" not in text:
         return _shorten(text)
-    return _shorten("0x" + value.hex())
+    return _shorten(repr(value)[2:-1])  # printable bytes as they are, the others as \xNN
 
 
 def _shorten(text: str, limit: int = _PREVIEW_CHARS) -> str:
@@ -479,9 +480,10 @@ def _records_table(inspection: Inspection, preview: Previewer) -> Table:
     more = inspection.matched - len(inspection.shown)
     table = Table(title=f"records ({len(inspection.shown)} shown" + (f", {more} more)" if more else ")"),
                   title_justify="left", show_edge=False)
-    for column in ("dlq p/offset", "original topic/partition/offset", "stage", "error class", "attempts",
-                   "failed at", "message", "value"):
-        table.add_column(column, overflow="fold" if column in ("message", "value") else "ellipsis")
+    for column in ("dlq p/offset", "original topic/p/offset", "stage", "error class", "attempts", "failed at"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("message", ratio=3, overflow="fold")
+    table.add_column("value", ratio=2, overflow="fold")
     for entry in inspection.shown:
         table.add_row(
             f"{entry.raw.partition}/{entry.raw.offset}",
@@ -495,8 +497,9 @@ def _records_table(inspection: Inspection, preview: Previewer) -> Table:
 def _foreign_table(foreign: list[ForeignRecord]) -> Table:
     table = Table(title=f"foreign records: {len(foreign)} without dead-letter headers", title_justify="left",
                   show_edge=False)
-    for column in ("dlq p/offset", "missing headers", "value"):
-        table.add_column(column)
+    table.add_column("dlq p/offset", no_wrap=True)
+    table.add_column("missing headers", ratio=3, overflow="fold")
+    table.add_column("value", ratio=2, overflow="fold")
     for record in foreign:
         table.add_row(f"{record.raw.partition}/{record.raw.offset}", ", ".join(record.missing),
                       _bytes_preview(record.raw.value))
@@ -549,7 +552,7 @@ def previewer(settings: Settings, enabled: bool) -> Previewer:
 def output_console() -> Console:
     """Wide enough for the tables when stdout is a pipe or a file (rich assumes 80 columns there)."""
     probe = Console()
-    return probe if probe.is_terminal else Console(width=200)
+    return probe if probe.is_terminal else Console(width=_PIPE_WIDTH)
 
 
 def run_inspect(settings: Settings, args: argparse.Namespace) -> int:

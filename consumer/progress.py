@@ -33,7 +33,7 @@ class RateColumn(ProgressColumn):
 
 
 def stderr_console() -> Console:
-    return Console(stderr=True)
+    return Console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
