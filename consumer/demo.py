@@ -12,6 +12,7 @@ import gc
 import json
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from rich.live import Live
 from rich.table import Table
 
 from consumer.clock import SystemClock
+from consumer.errors import ConfigError, TransientError
 from consumer.logs import configure
 from consumer.metrics import Metrics, Outcome
 from consumer.produce import KINDS, ProducePlan, ProduceReport, produce_events
@@ -132,13 +134,19 @@ class Watch:
 
 
 def run_demo(records: int, keep_running: bool, fmt: str = "text") -> int:
+    if records < 1:
+        raise ConfigError("--records: must be at least 1")
     configure("WARNING", "text")
     schema_path = _schema_path()
     if schema_path is None:
         print(f"demo: {_SCHEMA_NAME} not found; run it from the repository root")
         return 1
     view = Console(stderr=fmt == "json", soft_wrap=True)
-    broker, address = _start_broker()
+    try:
+        broker, address = _start_broker()
+    except (KafkaException, OSError) as exc:
+        print(f"demo: the bundled broker did not start: {exc}", file=sys.stderr)
+        return 1
     try:
         view.print(f"demo: broker on {address}; producing {records} events to {TOPIC} ...")
         ensure_topic({"bootstrap.servers": address}, TOPIC, 3)
@@ -148,6 +156,9 @@ def run_demo(records: int, keep_running: bool, fmt: str = "text") -> int:
                         id_field="event_id", seed=7),
         )
         return _serve(address, schema_path, produced, keep_running, fmt, view)
+    except TransientError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     finally:
         gc.collect()  # the service's clients go before the broker, so they do not log its disappearance
         broker.terminate()

@@ -304,14 +304,20 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
                      "replayed twice; only the remembered position prevents repeats")
     config = kafka_client_config(settings)
     report = select(config, plan)
+    interrupted = False
     if not plan.dry_run:
-        with progress_bar("replaying", to_replay(report), errors) as advance:
-            publish(config, report, advance)
+        try:
+            with progress_bar("replaying", to_replay(report), errors) as advance:
+                publish(config, report, advance)
+        except KeyboardInterrupt:  # the acknowledged chunks are committed: the next run resumes after them
+            interrupted = True
     if args.format == "json":
-        print(json.dumps(report.as_json(), indent=2))
+        print(json.dumps({**report.as_json(), "interrupted": interrupted}, indent=2))
     else:
         _print_report(report, settings, args.no_decode)
-    return 0
+        if interrupted:
+            print("interrupted: run the same command again to resume after the last acknowledged chunk")
+    return 130 if interrupted else 0
 
 
 def _print_report(report: ReplayReport, settings: Settings, no_decode: bool) -> None:

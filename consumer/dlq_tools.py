@@ -277,7 +277,10 @@ def read_topic(
     such as replayed records failing again, are left for next time). Fills `scan.ends` as partitions finish.
     """
     partitions = list(stop_at) if stop_at is not None else partitions_of(consumer, scan.topic, timeout_s)
-    consumer.assign([TopicPartition(scan.topic, p, scan.starts.get(p, OFFSET_BEGINNING)) for p in partitions])
+    try:
+        consumer.assign([TopicPartition(scan.topic, p, scan.starts.get(p, OFFSET_BEGINNING)) for p in partitions])
+    except KafkaException as exc:
+        raise BrokerUnavailableError(f"kafka: cannot assign {scan.topic}: {exc.args[0].str()}") from None
     pending = set(partitions)
     if stop_at is not None:
         for partition in partitions:

@@ -179,6 +179,10 @@ def test_produce_summary_text_and_bad_options(kafka_bootstrap: str, make_topic: 
     assert done.returncode == 0, done.stderr
     assert f"produced 20 records to {topic}" in done.stdout and "tombstone 20" in done.stdout
 
+    fresh = make_topic(partitions=2)  # end offsets are offsets: compare them with a count on an empty topic
+    timed = run_json(["produce", "--topic", fresh, "--duration", "0.5", "--rate", "40"], env, tmp_path)
+    assert timed["total"] >= 1 and timed["total"] == timed["valid"] == sum(timed["end_offsets"].values())
+
     too_much = run_cli(["produce", "--poison-ratio", "0.7", "--duplicate-ratio", "0.7"], env, tmp_path)
     assert too_much.returncode == 2
     assert too_much.stderr.strip().startswith("configuration error: --poison-ratio:")
