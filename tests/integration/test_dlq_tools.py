@@ -8,6 +8,9 @@ production does: the service rejects rows the table cannot hold (stage `sink`), 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +23,8 @@ from support.db import connect, fetch, table_exists
 from support.events import decode, encode, event_id, make_event
 from support.kafka import Msg, ReadMsg, TopicWriter, committed_offsets, create_topic, read_all
 from support.runs import SCHEMA_FILE, assert_one_row_per_key, service_env, valid_messages, wait_metric
-from support.service import ServiceProcess
+from support.service import BASE_ENV, ServiceProcess, free_port
+from support.services import TcpProxy, tansu_broker
 from support.waiting import wait_until
 
 from consumer.dlq import dead_letter_headers
@@ -302,3 +306,47 @@ def test_replay_dry_run_sends_nothing_and_moves_no_position(
     assert committed_offsets(kafka_bootstrap, out["group"], known_dlq["dlq"], 2) == {0: 0, 1: 0}
     text = run_cli(["dlq", "replay", "--dry-run", "--stage", "sink"], known_dlq["env"], tmp_path)
     assert "dry run: would replay 5 records" in text.stdout
+
+
+def test_a_killed_replay_resumes_repeating_at_most_the_unacknowledged_chunk(
+    tmp_path: Path, unique: Callable[[str], str]
+) -> None:
+    """A broker slowed by a proxy makes the replay take seconds, so it can be SIGKILLed mid-way for sure."""
+    n, chunk = 300, 5
+    port = free_port()
+    with TcpProxy("127.0.0.1", port) as proxy, tansu_broker(tmp_path, port, proxy.port) as bootstrap:
+        source = create_topic(bootstrap, unique("orders"), 1)
+        dlq = create_topic(bootstrap, f"{source}.dlq", 1)
+        TopicWriter(bootstrap, dlq).send(
+            _letter_msg(source, 0, i, Stage.SINK, "RecordRejectedError", BASE, encode(make_event(i)))
+            for i in range(n)
+        )
+        group = unique("replay")
+        env = {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "CONSUMER_TOPICS": source, "DLQ_TOPIC": dlq,
+               "SCHEMA_FILE": SCHEMA_FILE, "IDEMPOTENCY_KEY": "field:event_id"}
+        proxy.set_latency(0.02)  # every chunk now waits for a slowed produce and a slowed commit
+        args = ["dlq", "replay", "--group", group, "--chunk", str(chunk), "--format", "json"]
+        with (tmp_path / "replay.log").open("wb") as log:
+            process = subprocess.Popen([sys.executable, "-m", "consumer", *args], cwd=tmp_path,
+                                       env={**os.environ, **BASE_ENV, **env}, stdout=log, stderr=subprocess.STDOUT)
+            try:
+                wait_until(lambda: committed_offsets(bootstrap, group, dlq, 1)[0], 60, "a first committed chunk",
+                           until=lambda offset: offset >= 50)
+                process.kill()
+                process.wait(timeout=10)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+        position = committed_offsets(bootstrap, group, dlq, 1)[0]
+        assert 50 <= position < n and position % chunk == 0  # killed mid-way, between chunks
+
+        proxy.set_latency(0)
+        resumed = run_json(args[:-2], env, tmp_path)
+        assert (resumed["matched"], resumed["replayed"]) == (n - position, n - position)
+        assert committed_offsets(bootstrap, group, dlq, 1) == {0: n}
+        sent = read_all(bootstrap, source, n)
+        ids = _event_ids(sent)
+        assert set(ids) == {event_id(i) for i in range(n)}
+        assert len(sent) - n <= chunk  # at most the chunk in flight at the kill went out twice
+        assert all(count <= 2 for count in ids.values())
