@@ -60,6 +60,7 @@ from consumer.settings import Settings
 
 _FLUSH_TIMEOUT_S = 30.0
 _DEFAULT_CHUNK = 500
+_DRY_RUN_SHOWN = 50  # records a dry run lists; all of them are counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +114,8 @@ def select(config: Mapping[str, Any], plan: ReplayPlan) -> ReplayReport:
     consumer = tool_consumer(config, plan.group_id)
     try:
         starts = {} if plan.from_beginning else _committed(consumer, plan.dlq_topic, plan.timeout_s)
-        selected = Inspection(Scan(plan.dlq_topic, starts=dict(starts)), plan.selection, plan.limit)
+        shown = min(plan.limit or _DRY_RUN_SHOWN, _DRY_RUN_SHOWN)  # counted in full, only a few kept
+        selected = Inspection(Scan(plan.dlq_topic, starts=dict(starts)), plan.selection, shown)
         for raw in read_topic(consumer, selected.scan, plan.timeout_s):
             selected.add(raw)
     finally:

@@ -54,6 +54,7 @@ REQUIRED_HEADERS = (ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, STAGE, 
 
 _PREVIEW_CHARS = 40
 _PIPE_WIDTH = 160
+_TEXT_LIMIT = 50  # a table longer than this is not read by anyone; the summary still counts everything
 _MESSAGE_CHARS = 60
 _POLL_RECORDS = 1000
 _POLL_TIMEOUT_S = 1.0
@@ -521,7 +522,8 @@ reads from the beginning to the end seen on arrival; joins no consumer group and
 
 def configure_inspect(parser: argparse.ArgumentParser) -> None:
     add_selection_arguments(parser)
-    parser.add_argument("--limit", type=positive_int, metavar="N", help="list at most N records (counts cover all)")
+    parser.add_argument("--limit", type=positive_int, metavar="N",
+                        help=f"list at most N records (default {_TEXT_LIMIT} in text, all in JSON); counts cover all")
     parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
     parser.add_argument("--no-decode", action="store_true", help="preview raw bytes instead of decoded values")
 
@@ -562,8 +564,9 @@ def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
     from consumer.app import kafka_client_config
 
     selection = selection_from(args)
+    limit = args.limit or (None if args.format == "json" else _TEXT_LIMIT)
     inspection = inspect_topic(kafka_client_config(settings), dlq_topic(settings, args),
-                               f"{settings.consumer_group_id}.dlq-inspect", selection, args.limit, args.timeout)
+                               f"{settings.consumer_group_id}.dlq-inspect", selection, limit, args.timeout)
     preview = previewer(settings, not args.no_decode)
     if args.format == "json":
         print(render_json(inspection, preview))
