@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -188,7 +189,10 @@ def _git(*args: str) -> str:
 def write_json(path: Path, document: Mapping[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(document, indent=1, default=str) + "\n", encoding="utf-8")
+    text = json.dumps(document, indent=1, default=str)
+    # Lists of numbers (series points, quantiles) on one line each: the file stays small and readable.
+    text = re.sub(r"\[\s+([-+\d.eE,\s]+?)\s+\]", lambda m: "[" + re.sub(r"\s+", "", m.group(1)) + "]", text)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

@@ -69,6 +69,10 @@ def main() -> int:
         return 1
     out.print(report.table(phases))
     report.print_ratios(out, document["ratios"])
+    machine = document["machine"]
+    out.print(f"load average before {machine['load_average_before'][0]:.1f}, after {machine['load_average'][0]:.1f} "
+              f"on {machine['logical_cpus']} CPUs: on a shared machine every figure is noisy", markup=False,
+              highlight=False)
     out.print(f"results: {document['files']['json']}  chart: {document['files']['png']}", markup=False,
               highlight=False)
     print(line, flush=True)
