@@ -350,3 +350,22 @@ def test_a_killed_replay_resumes_repeating_at_most_the_unacknowledged_chunk(
         assert set(ids) == {event_id(i) for i in range(n)}
         assert len(sent) - n <= chunk  # at most the chunk in flight at the kill went out twice
         assert all(count <= 2 for count in ids.values())
+
+
+def test_replay_to_another_topic_keeps_key_value_headers_and_optionally_the_timestamp(
+    known_dlq: dict[str, Any], tmp_path: Path, kafka_bootstrap: str, make_topic: Callable[..., str]
+) -> None:
+    target = make_topic(partitions=1, prefix="fixed")
+    out = run_json(["dlq", "replay", "--stage", "sink", "--to-topic", target, "--keep-timestamp"],
+                   known_dlq["env"], tmp_path)
+    assert (out["replayed"], out["to_topics"]) == (5, {target: 5})
+
+    replayed = read_all(kafka_bootstrap, target, 5)
+    assert len(replayed) == 5
+    by_offset = {int(m.key.decode()[1:]): m for m in replayed if m.key}
+    assert sorted(by_offset) == [20, 21, 22, 23, 30]
+    for original, message in by_offset.items():
+        assert message.timestamp == 1_700_000_000_000 + original
+        assert message.headers == {"trace-id": f"t{original}".encode(), "dlq.attempts": b"1",
+                                   "dlq.replay.count": b"1"}
+    assert {decode(m.value)["event_id"] for m in replayed if m.value} == {event_id(i) for i in (10, 11, 12, 13, 30)}
