@@ -120,6 +120,20 @@ def _rebalances(svc: ServiceProcess) -> dict[str, float]:
     return {kind: svc.metric("consumer_rebalances_total", kind=kind) for kind in REBALANCE_KINDS}
 
 
+def _wait_lag_seconds_at_least(svc: ServiceProcess, seconds: float) -> None:
+    """consumer_lag_seconds (max over partitions) reaches `seconds`: records held that long show their age.
+
+    A lower bound by construction (the records were produced before the fault was held this long), not a
+    timing assertion; the gauge refreshes about once a second while the loop idles.
+    """
+
+    def oldest() -> float:
+        samples = [v for (name, _), v in svc.metrics().items() if name == "consumer_lag_seconds"]
+        return max(samples, default=0.0)
+
+    wait_until(oldest, 30, f"consumer_lag_seconds >= {seconds}", until=lambda age: age >= seconds)
+
+
 def _hold(seconds: float, invariant: Callable[[], None], describe: str) -> None:
     """Keep a fault in place for `seconds`, checking `invariant` (it raises on a breach) all along."""
     end = time.monotonic() + seconds
@@ -262,6 +276,7 @@ def test_database_partition_holds_the_batch_in_flight_and_loses_nothing(
         )
 
     _hold(PARTITION_S, nothing_moves, "the database partition to last its time")
+    _wait_lag_seconds_at_least(svc, PARTITION_S / 2)  # what an operator sees: the oldest record ages
     postgres_proxy.restore()
 
     wait_committed(kafka_bootstrap, group, writer, [svc])
@@ -331,6 +346,7 @@ def test_batch_stalled_past_max_poll_interval_keeps_membership_and_writes_once(
                 assert svc.http_get("/healthz")[0] == 200
 
             _hold(STALL_S, stalled_but_member, "the stalled batch to stay stalled")
+            _wait_lag_seconds_at_least(svc, STALL_S / 2)
             lock_holder.rollback()
     finally:
         blocker.dispose()
