@@ -2,7 +2,7 @@
 
 Writes are idempotent by `_idempotency_key`: `insert` keeps the first write (a replay is a no-op),
 `upsert` keeps the highest offset of a partition (an older replay never overwrites a newer row).
-PostgreSQL gets COPY into a session-temporary staging table plus one set-based INSERT ... SELECT ...
+PostgreSQL gets COPY into a transaction-temporary staging table plus one set-based INSERT ... SELECT ...
 ON CONFLICT; SQLite gets a multi-row INSERT ... ON CONFLICT. Every driver error leaves this module
 classified by SQLSTATE (or SQLite's result code): transient, record-level, or fatal.
 """
@@ -175,7 +175,6 @@ class SqlSink:
         self._value_names: list[str] = []
         self._prepared: frozenset[ColumnSpec] | None = None
         self._statement: Any = None
-        self._stage_version = 0
 
     # --- schema --------------------------------------------------------------------------------------
     def prepare(self, columns: Sequence[ColumnSpec]) -> None:
@@ -185,7 +184,6 @@ class SqlSink:
         table = self._create_or_evolve_racing(list(columns))
         self._table = table
         self._value_names = [c.name for c in columns if c.name in table.c and c.name not in META_COLUMNS]
-        self._stage_version += 1
         self._statement = self._build_statement(table)
         self._prepared = wanted
 
@@ -261,7 +259,7 @@ class SqlSink:
         )
 
     def _stage_name(self) -> str:
-        return f"_mbc_stage_{self._stage_version}"
+        return "_mbc_stage"
 
     # --- writing -------------------------------------------------------------------------------------
     def write(self, records: Sequence[DecodedRecord]) -> WriteResult:
@@ -299,9 +297,9 @@ class SqlSink:
         stage = preparer.quote(self._stage_name())
         target = preparer.quote(self._table_name)
         quoted = ", ".join(preparer.quote(name) for name in names)
-        conn.exec_driver_sql(
-            f"CREATE TEMPORARY TABLE IF NOT EXISTS {stage} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
-        )
+        # Made anew in every transaction (about 1 ms): it copies the target's column types as they are now,
+        # so an operator who widens a column sees replayed rows fit at once, without restarting us.
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
         value_names = self._value_names
         driver = conn.connection.driver_connection
         assert driver is not None

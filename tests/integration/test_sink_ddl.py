@@ -14,7 +14,8 @@ import pytest
 import sqlalchemy as sa
 from support.db import make_engine
 
-from consumer.errors import ConsumerError
+from consumer.errors import ConsumerError, RecordRejectedError
+from consumer.records import DecodedRecord, RawRecord
 from consumer.schema import ColumnKind, ColumnSpec
 from consumer.sink import SqlSink, create_sink_engine
 
@@ -63,3 +64,32 @@ def test_processes_racing_to_create_or_evolve_the_table_all_go_on(
         assert race(BASE) == []
     assert race(EVOLVED) == []
     assert {"event_id", "n", "note", "_idempotency_key", "_kafka_offset"} <= _columns(sink_url, sink_table)
+
+
+@pytest.mark.parametrize("sink_url", ["postgresql"], indirect=True)
+def test_a_column_widened_by_an_operator_applies_to_the_next_write_without_a_restart(
+    sink_url: str, sink_table: str
+) -> None:
+    """The fix for rows rejected as too long is to widen the column and replay them; the running service
+    must take them then (its staging table follows the target's current column types)."""
+    from support.db import connect
+
+    with connect(sink_url) as conn:
+        conn.exec_driver_sql(
+            f"CREATE TABLE {sink_table} (event_id varchar(8), n bigint, _kafka_topic text NOT NULL, "
+            "_kafka_partition integer NOT NULL, _kafka_offset bigint NOT NULL, _kafka_timestamp timestamptz, "
+            "_idempotency_key text PRIMARY KEY)"
+        )
+    sink = SqlSink(create_sink_engine(sink_url, None), sink_table, upsert=False)
+    try:
+        sink.prepare(BASE)
+        short_id = DecodedRecord(RawRecord("t", 0, 6, 0, None, b"v"), "k6", {"event_id": "x" * 8, "n": 1})
+        assert sink.write([short_id]).written == {"t": 1}  # a committed write: the staging table existed
+        long_id = DecodedRecord(RawRecord("t", 0, 7, 0, None, b"v"), "k7", {"event_id": "x" * 20, "n": 1})
+        with pytest.raises(RecordRejectedError):
+            sink.write([long_id])
+        with connect(sink_url) as conn:
+            conn.exec_driver_sql(f"ALTER TABLE {sink_table} ALTER COLUMN event_id TYPE varchar(64)")
+        assert sink.write([long_id]).written == {"t": 1}
+    finally:
+        sink.close()
