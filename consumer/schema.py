@@ -72,20 +72,21 @@ def parse_schema(schema: Any) -> AvroSchema:
 
 
 def columns_of(schema: AvroSchema) -> list[ColumnSpec]:
-    return [_column(field["name"], field["type"]) for field in schema["fields"]]
+    named = schema.get("__named_schemas", {})  # fastavro keeps a named type's later uses as its full name
+    return [_column(field["name"], field["type"], named) for field in schema["fields"]]
 
 
 def field_names(schema: AvroSchema) -> list[str]:
     return [field["name"] for field in schema["fields"]]
 
 
-def _column(name: str, avro_type: Any) -> ColumnSpec:
+def _column(name: str, avro_type: Any, named: Mapping[str, Any]) -> ColumnSpec:
     branches = avro_type if isinstance(avro_type, list) else [avro_type]
     non_null = [branch for branch in branches if branch != "null"]
     nullable = len(non_null) < len(branches)
     if len(non_null) != 1:
         return ColumnSpec(name, ColumnKind.JSON, nullable)
-    kind, precision, scale = _kind(non_null[0])
+    kind, precision, scale = _kind(named.get(non_null[0], non_null[0]) if isinstance(non_null[0], str) else non_null[0])
     return ColumnSpec(name, kind, nullable, precision, scale)
 
 

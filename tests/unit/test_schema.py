@@ -80,3 +80,22 @@ def test_json_text() -> None:
     text = to_json_text({"d": decimal.Decimal("1.50"), "t": dt.date(2024, 1, 2), "b": b"\x00\x01", "s": "é"})
     assert json.loads(text) == {"d": "1.50", "t": "2024-01-02", "b": "AAE=", "s": "é"}
     assert to_json_text(None) is None
+
+
+def test_a_named_type_used_again_by_name_maps_like_its_definition() -> None:
+    schema = parse_schema({
+        "type": "record", "name": "R", "namespace": "n", "fields": [
+            {"name": "c1", "type": {"type": "enum", "name": "Color", "symbols": ["A", "B"]}},
+            {"name": "c2", "type": "Color"},
+            {"name": "f1", "type": {"type": "fixed", "name": "F", "size": 2}},
+            {"name": "f2", "type": ["null", "n.F"]},
+            {"name": "r1", "type": {"type": "record", "name": "Inner", "fields": [{"name": "x", "type": "int"}]}},
+            {"name": "r2", "type": "Inner"},
+        ],
+    })
+    kinds = {c.name: (c.kind, c.nullable) for c in columns_of(schema)}
+    assert kinds == {
+        "c1": (K.TEXT, False), "c2": (K.TEXT, False),
+        "f1": (K.BINARY, False), "f2": (K.BINARY, True),
+        "r1": (K.JSON, False), "r2": (K.JSON, False),
+    }
