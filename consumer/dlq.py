@@ -44,16 +44,13 @@ class _State(Enum):
 def dead_letter_headers(
     letter: DeadLetter, group_id: str, failed_at: dt.datetime
 ) -> list[tuple[str, str | bytes | None]]:
-    """Original headers (minus an earlier failure's dlq.* ones) plus this failure's dlq.* headers."""
+    """Original headers plus this failure's dlq.* headers. An earlier failure's values of those headers
+    are replaced (its `dlq.attempts` counted on); other headers, `dlq.replay.count` included, stay."""
     record = letter.record
     previous_attempts = 0
-    kept: list[tuple[str, str | bytes | None]] = []
     for name, value in record.headers:
-        if name.startswith(HEADER_PREFIX):
-            if name == "dlq.attempts" and value:
-                previous_attempts = _int_or_zero(value)
-            continue
-        kept.append((name, value if value is not None else b""))
+        if name == "dlq.attempts" and value:
+            previous_attempts = _int_or_zero(value)
     ours = {
         "dlq.original.topic": record.topic,
         "dlq.original.partition": str(record.partition),
@@ -66,6 +63,9 @@ def dead_letter_headers(
         "dlq.failed.at": failed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "dlq.attempts": str(previous_attempts + letter.attempts),
     }
+    kept: list[tuple[str, str | bytes | None]] = [
+        (name, value if value is not None else b"") for name, value in record.headers if name not in ours
+    ]
     return kept + [(name, value.encode("utf-8")) for name, value in ours.items()]
 
 

@@ -49,3 +49,12 @@ def test_garbage_attempts_counts_as_zero() -> None:
 def test_message_truncated() -> None:
     headers = dead_letter_headers(letter(message="é" * 3000), "g", WHEN)
     assert dict(headers)["dlq.error.message"].decode() == "é" * 2000
+
+
+def test_a_replayed_record_failing_again_keeps_its_replay_count() -> None:
+    old = [("dlq.attempts", b"1"), ("dlq.replay.count", b"2"), ("dlq.original.offset", b"7")]
+    headers = dead_letter_headers(letter(headers=old), "grp", WHEN)
+    assert dict(headers)["dlq.replay.count"] == b"2"
+    assert dict(headers)["dlq.attempts"] == b"2"
+    assert [n for n, _ in headers].count("dlq.original.offset") == 1
+    assert dict(headers)["dlq.original.offset"] == b"42"  # where it failed this time
