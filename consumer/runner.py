@@ -305,12 +305,16 @@ class Runner:
     # --- back-pressure -----------------------------------------------------------------------------
     def _hold_or_release(self) -> None:
         """Pause everything while a closed batch waits (sink busy, retrying or breaker open); resume after."""
-        hold = self._guard_held or (bool(self._waiting) and self._unpaused_wait_left() <= 0)
+        # While a failed batch is being retried (backoff, breaker open or probing) the partitions stay paused
+        # even with the probe in flight: resuming would only refetch records that the next pause discards.
+        retrying = self._backoff.failures > 0
+        hold = self._guard_held or retrying or (bool(self._waiting) and self._unpaused_wait_left() <= 0)
         assigned = self._offsets.assigned
         if hold:
             newly = assigned - self._paused
-            self._source.pause(newly)
-            self._paused |= newly
+            if newly:
+                self._source.pause(newly)
+                self._paused |= newly
         elif self._paused:
             self._source.resume(self._paused & assigned)
             self._paused.clear()

@@ -30,6 +30,7 @@ class FakeSource:
         self.commits: list[dict[TopicPartition, int]] = []
         self.polls = 0
         self.pause_calls = 0
+        self.resume_calls = 0
         self.handed_out = 0
         self.closed = False
         self._fed: dict[TopicPartition, int] = {}
@@ -71,6 +72,7 @@ class FakeSource:
         self.paused |= set(partitions)
 
     def resume(self, partitions: Collection[TopicPartition]) -> None:
+        self.resume_calls += 1
         self.paused -= set(partitions)
 
     def commit(self, offsets: Mapping[TopicPartition, int]) -> CommitOutcome:

@@ -189,6 +189,22 @@ def test_an_open_breaker_keeps_partitions_paused_and_polling_until_the_sink_answ
     assert running.stopped() == 0
 
 
+def test_partitions_stay_paused_through_every_retry_and_probe_until_the_batch_goes_through(
+    start: StartRunner,
+) -> None:
+    """With one batch in hand the probe in flight leaves nothing queued; resuming then would only make
+    librdkafka fetch records that the next failure's pause throws away."""
+    running = start(breaker_threshold=2)
+    source, pipeline = running.source, running.pipeline
+    pipeline.failures[1] = [SinkUnavailableError("connection refused")] * 5
+    source.feed((TOPIC, 0), BATCH)  # exactly one batch
+    wait_until(lambda: source.last_committed(), WAIT_S, "the batch committed after the outage",
+               until=lambda committed: committed == {(TOPIC, 0): BATCH})
+    assert pipeline.attempts == [1] * 6
+    assert source.pause_calls == 1 and source.resume_calls == 1
+    assert running.stopped() == 0
+
+
 def test_a_tripped_guard_holds_everything_uncommitted_and_a_stop_exits_0(start: StartRunner) -> None:
     running = start()
     source, pipeline = running.source, running.pipeline
