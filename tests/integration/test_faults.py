@@ -543,14 +543,7 @@ def test_ten_sigkills_with_restarts_write_every_valid_record_once_and_dead_lette
         started = time.monotonic()
         svc = service(env)
         start_rows = rows_or_zero(sink_url, sink_table)
-        target = min(max(threshold, start_rows + 1), n)
-
-        def progress(svc: ServiceProcess = svc) -> int:
-            if not svc.running:
-                pytest.fail(f"service exited with {svc.process.returncode}\n{svc.log_tail()}")
-            return rows_or_zero(sink_url, sink_table)
-
-        wait_until(progress, 120, f"{target} rows", interval_s=0.05, until=lambda c, t=target: c >= t)
+        _wait_rows_at_least(svc, sink_url, sink_table, min(max(threshold, start_rows + 1), n))
         assert svc.kill() == -9
         killed_at.append((rows_or_zero(sink_url, sink_table), round(time.monotonic() - started, 1)))
 
@@ -570,3 +563,14 @@ def test_ten_sigkills_with_restarts_write_every_valid_record_once_and_dead_lette
         f"ten sigkills: (rows, s after start) at each kill {killed_at}; {duplicates} duplicate dead letters"
     )
     assert last.terminate() == 0
+
+
+def _wait_rows_at_least(svc: ServiceProcess, url: str, table: str, target: int) -> None:
+    """Wait (polling fast, so the kill lands close to the moment) until `table` holds `target` rows."""
+
+    def progress() -> int:
+        if not svc.running:
+            pytest.fail(f"service exited with {svc.process.returncode}\n{svc.log_tail()}")
+        return rows_or_zero(url, table)
+
+    wait_until(progress, 120, f"{target} rows", interval_s=0.05, until=lambda rows: rows >= target)
