@@ -15,7 +15,6 @@ from typing import Any
 
 import fastavro
 import psycopg
-import sqlalchemy as sa
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -27,9 +26,10 @@ from consumer.schema import field_names, load_schema_file
 from consumer.settings import Settings
 from consumer.sink import SqlSink, create_sink_engine
 from ops.bench.config import SCHEMA_FILE
+from ops.bench.db import backend_cpu_seconds, libpq_url, named
 from ops.bench.events import IDEMPOTENCY_KEY
 from ops.bench.kafka import EndOffsets
-from ops.bench.measure import PhaseResult, Progress, Stopwatch, postgres_cpu_seconds
+from ops.bench.measure import PhaseResult, Progress, Stopwatch
 
 _CONSUME_CHUNK = 10_000
 _CONSUME_TIMEOUT_S = 1.0
@@ -158,18 +158,14 @@ _COPY_TYPES = ("uuid", "timestamptz", "int8", "text", "numeric", "text", "text",
                "jsonb", "text", "int4", "int8", "timestamptz", "text")
 
 
-def libpq_url(url: str) -> str:
-    """A SQLAlchemy URL (postgresql+psycopg://...) as the libpq URI psycopg.connect takes."""
-    return sa.make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class CopyCeiling:
     """The fastest idempotent bulk path PostgreSQL offers, straight on psycopg 3: per batch, one
     transaction of a binary COPY into a temporary table and one INSERT ... SELECT ... ON CONFLICT DO NOTHING."""
 
     def __init__(self, url: str, table: str) -> None:
         self.table = table
-        self._conn = psycopg.connect(libpq_url(url), autocommit=True)
+        self.url = named(url, f"bench-{table}")
+        self._conn = psycopg.connect(libpq_url(self.url), autocommit=True)
         target, stage = sql.Identifier(table), sql.Identifier(f"{table}_stage")
         names = sql.SQL(", ").join(sql.Identifier(n) for n, _ in _COLUMNS)
         with self._conn.cursor() as cursor:
@@ -224,11 +220,10 @@ def sink_pair(
     schema = fastavro.parse_schema(load_schema_file(SCHEMA_FILE))
     decoder = service_decoder()
     ceiling = CopyCeiling(url, tables[0])
-    ours = SqlSink(create_sink_engine(url, None), tables[1], upsert=False)
+    our_url = named(url, f"bench-{tables[1]}")
+    ours = SqlSink(create_sink_engine(our_url, None), tables[1], upsert=False)
     ours.prepare(decoder.columns())
     bare_watch, our_watch = Stopwatch(), Stopwatch()
-    bare_db = our_db = 0.0
-    db_seen = True
     written = [0, 0]
     ts_ms = int(time.time() * 1000)
     nbytes = 0
@@ -240,30 +235,23 @@ def sink_pair(
                 decoder.decode_batch(raw_records(topic, chunk, start, partitions, ts_ms)).decoded, upsert=False
             ).winners
             rows = ceiling_rows(values, winners, start, partitions, schema)
-            db0 = postgres_cpu_seconds()
             with bare_watch:
                 written[0] += ceiling.write(rows)
-            db1 = postgres_cpu_seconds()
             with our_watch:
                 result = ours.write(winners)
-            db2 = postgres_cpu_seconds()
             written[1] += sum(result.written.values())
             bare_watch.count(len(chunk))
             our_watch.count(len(chunk))
-            if db0 is None or db1 is None or db2 is None:
-                db_seen = False
-            else:
-                bare_db += db1 - db0
-                our_db += db2 - db1
             progress(start + len(chunk))
+        bare_db, our_db = backend_cpu_seconds(ceiling.url), backend_cpu_seconds(our_url)
     finally:
         ceiling.close()
         ours.close()
     return (
         PhaseResult("sink_ceiling", "sink ceiling (psycopg binary COPY)", bare_watch.records, nbytes,
-                    bare_watch.seconds, bare_watch.cpu_seconds, bare_db if db_seen else None,
+                    bare_watch.seconds, bare_watch.cpu_seconds, bare_db,
                     series=bare_watch.series, extra={"rows_written": written[0], "table": tables[0]}),
         PhaseResult("service_sink", "service sink (consumer.sink)", our_watch.records, nbytes,
-                    our_watch.seconds, our_watch.cpu_seconds, our_db if db_seen else None,
+                    our_watch.seconds, our_watch.cpu_seconds, our_db,
                     series=our_watch.series, extra={"rows_written": written[1], "table": tables[1]}),
     )

@@ -149,19 +149,3 @@ def high_water_rss(pid: int) -> int | None:
     except OSError:
         return None
     return None
-
-
-def postgres_cpu_seconds() -> float | None:
-    """Summed CPU of the local PostgreSQL server's processes, or None where they cannot be seen.
-
-    On a shared machine other sessions' queries are in it too: a rough figure, reported apart."""
-    total, seen = 0.0, False
-    for p in psutil.process_iter(["name"]):
-        if (p.info.get("name") or "").startswith("postgres"):
-            try:
-                times = p.cpu_times()
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                continue
-            total += times.user + times.system
-            seen = True
-    return total if seen else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import sys
 import tempfile
 import uuid
@@ -26,7 +27,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from consumer.settings import Settings
-from ops.bench import ceilings, report, service
+from ops.bench import ceilings, db, report, service
 from ops.bench.config import BenchConfig, BenchConfigError, load_config
 from ops.bench.events import distinct_events, encoded_values, parsed_schema
 from ops.bench.kafka import BenchKafkaError, broker, create_topic, delete_topics, produce_all
@@ -73,8 +74,9 @@ def main() -> int:
     out.print(f"load average before {machine['load_average_before'][0]:.1f}, after {machine['load_average'][0]:.1f} "
               f"on {machine['logical_cpus']} CPUs: on a shared machine every figure is noisy", markup=False,
               highlight=False)
-    out.print(f"results: {document['files']['json']}  chart: {document['files']['png']}", markup=False,
-              highlight=False)
+    results = config.results_dir
+    out.print(f"results: {results / document['files']['json']}  chart: {results / document['files']['png']}",
+              markup=False, highlight=False)
     print(line, flush=True)
     return 0
 
@@ -87,14 +89,19 @@ def _run(config: BenchConfig, ui: _Phases, err: Console) -> tuple[dict[str, Any]
     workdir = Path(tempfile.mkdtemp(prefix=f"bench-{run_id}-"))
     tables: list[str] = []
     topics: list[str] = []
-    with broker(config.bootstrap, workdir) as (bootstrap, broker_name):
-        server_version = _server_version(config.database_url)
-        try:
-            phases, latency = _phases(config, ui, bootstrap, run_id, tag, workdir, tables, topics)
-        finally:
-            _drop_tables(config.database_url, tables)
-            if config.bootstrap:
-                delete_topics(bootstrap, [*topics, *(f"{t}.dlq" for t in topics)])
+    try:
+        with broker(config.bootstrap, workdir) as (bootstrap, broker_name):
+            server_version = _server_version(config.database_url)
+            try:
+                phases, latency = _phases(config, ui, bootstrap, run_id, tag, workdir, tables, topics)
+            finally:
+                _drop_tables(config.database_url, tables)
+                if config.bootstrap:
+                    delete_topics(bootstrap, [*topics, *(f"{t}.dlq" for t in topics)])
+    except BaseException:
+        err.print(f"bench: the service and broker logs are kept in {workdir}", markup=False, highlight=False)
+        raise
+    shutil.rmtree(workdir, ignore_errors=True)
     figures = report.ratios(phases, latency, _BATCH_MAX_WAIT_MS)
     stem = f"bench-{run_id}"
     json_path, png_path = config.results_dir / f"{stem}.json", config.results_dir / f"{stem}.png"
@@ -111,7 +118,7 @@ def _run(config: BenchConfig, ui: _Phases, err: Console) -> tuple[dict[str, Any]
         "phases": {name: phase.as_dict() for name, phase in phases.items()},
         "latency": {k: v for k, v in latency.items() if k != "samples"},
         "ratios": figures,
-        "files": {"json": str(json_path), "png": str(png_path)},
+        "files": {"json": json_path.name, "png": png_path.name},  # beside each other, wherever they are copied
     }
     line = report.last_line(phases, figures)
     document["last_line"] = line
@@ -157,13 +164,14 @@ def _phases(
         phases["sink_ceiling"], phases["service_sink"] = ceilings.sink_pair(
             config.database_url, values, main_topic, parts, sink_tables, tick)
     spec = service.ServiceSpec("service", "service (python -m consumer run)", main_topic, f"bench-{run_id}-service",
-                               config.database_url, f"bench_{tag}_service")
+                               db.named(config.database_url, f"bench-{tag}-service"), f"bench_{tag}_service")
     tables.append(spec.table)
     with ui.phase("service drains the backlog", n) as tick:
         phases["service"] = service.drain(spec, bootstrap, ends, total_bytes, workdir, tick)
     _check_rows(config.database_url, spec.table, distinct_events(n), phases["service"])
     small_spec = service.ServiceSpec("memory_small", f"service, {len(small):,}-record backlog (memory)",
-                                     small_topic, f"bench-{run_id}-small", config.database_url, f"bench_{tag}_small")
+                                     small_topic, f"bench-{run_id}-small", db.named(config.database_url, f"bench-{tag}-small"),
+                                     f"bench_{tag}_small")
     tables.append(small_spec.table)
     with ui.phase(f"service drains {len(small):,} (memory)", len(small)) as tick:
         phases["memory_small"] = service.drain(small_spec, bootstrap, small_ends, sum(map(len, small)), workdir,
@@ -194,7 +202,7 @@ def _phases(
 
 def _check_rows(url: str, table: str, distinct: int, phase: PhaseResult) -> None:
     """The service's table must hold one row per distinct event id: no loss, no double write."""
-    with psycopg.connect(ceilings.libpq_url(url)) as conn:
+    with psycopg.connect(db.libpq_url(url)) as conn:
         rows = conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()
     count = int(rows[0]) if rows else 0
     phase.extra["rows"] = count
@@ -204,13 +212,13 @@ def _check_rows(url: str, table: str, distinct: int, phase: PhaseResult) -> None
 
 
 def _server_version(url: str) -> str:
-    with psycopg.connect(ceilings.libpq_url(url), connect_timeout=10) as conn:
+    with psycopg.connect(db.libpq_url(url), connect_timeout=10) as conn:
         row = conn.execute("SHOW server_version").fetchone()
     return str(row[0]) if row else "?"
 
 
 def _drop_tables(url: str, tables: list[str]) -> None:
-    with suppress(psycopg.Error), psycopg.connect(ceilings.libpq_url(url), autocommit=True) as conn:
+    with suppress(psycopg.Error), psycopg.connect(db.libpq_url(url), autocommit=True) as conn:
         for table in tables:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
 

@@ -25,9 +25,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from ops.bench.ceilings import BenchError
 from ops.bench.config import SCHEMA_FILE
+from ops.bench.db import backend_cpu_seconds
 from ops.bench.events import IDEMPOTENCY_KEY
 from ops.bench.kafka import CommittedOffsets, Delivered, EndOffsets, _free_port
-from ops.bench.measure import PhaseResult, Progress, high_water_rss, postgres_cpu_seconds, tree, tree_sample
+from ops.bench.measure import PhaseResult, Progress, high_water_rss, tree, tree_sample
 
 _WATCH_INTERVAL_S = 0.05  # committed offsets and process stats: the resolution of every service timing
 _SCRAPE_EVERY_S = 2.0  # /metrics as a Prometheus would scrape it (the service serves metrics throughout)
@@ -178,13 +179,12 @@ def drain(
 ) -> PhaseResult:
     """Start the service on a backlog and time it from its first record (the group joined, /readyz 200)
     until the committed offsets equal the end offsets; the join is reported apart."""
-    db0 = postgres_cpu_seconds() if spec.sink_url.startswith("postgres") else None
     service = ServiceProcess(spec, bootstrap, len(ends), workdir)
     expected = sum(ends.values())
     series: list[tuple[float, int]] = []
     try:
         committed, first_at, base, cpu0, done_at, cpu1 = _watch_until(service, ends, series, progress)
-        db1 = postgres_cpu_seconds() if db0 is not None else None
+        db = backend_cpu_seconds(spec.sink_url) if spec.sink_url.startswith("postgres") else None
         service.scrape(force=True)
     finally:
         code = service.stop()
@@ -194,11 +194,10 @@ def drain(
     counted = expected - base
     return PhaseResult(
         spec.name, spec.label, counted, value_bytes * counted // max(1, expected), done_at - first_at, cpu1 - cpu0,
-        db1 - db0 if db0 is not None and db1 is not None else None, peak_rss_bytes=service.peak_rss,
+        db, peak_rss_bytes=service.peak_rss,
         series=[(t - first_at, n - base) for t, n in series],
         extra={"group_join_s": round(join_s, 3), "committed": committed, "end_offsets": dict(ends),
-               "exit_code": code, "metrics": service.last_metrics, "settings": dict(spec.env),
-               "log": str(service.log_path)},
+               "exit_code": code, "metrics": service.last_metrics, "settings": dict(spec.env)},
     )
 
 

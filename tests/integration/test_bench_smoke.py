@@ -100,7 +100,7 @@ def test_bench_writes_json_and_chart_with_machine_and_versions(bench_run: tuple[
     done, document, results = bench_run
     [chart] = results.glob("bench-*.png")
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert document["files"]["png"] == str(chart)
+    assert document["files"] == {"json": chart.with_suffix(".json").name, "png": chart.name}
     assert document["machine"]["logical_cpus"] >= 1
     assert {"python", "confluent_kafka", "librdkafka", "fastavro", "psycopg", "postgresql_server"} <= set(
         document["versions"])
