@@ -418,7 +418,7 @@ def test_broker_connection_cut_recovers_by_itself_with_exact_counts(
     wait_committed(bootstrap, group, writer, [svc])
     joined = _rebalances(svc)
 
-    traffic.send_mixed(range(2000, 32_000), poison=0, rng=rng)
+    traffic.send_mixed(range(2000, 22_000), poison=0, rng=rng)
     rows_at_cut = wait_until(
         lambda: rows_or_zero(sink_url, sink_table), 120, "the run under way", until=lambda n: n >= 6000
     )
@@ -432,7 +432,7 @@ def test_broker_connection_cut_recovers_by_itself_with_exact_counts(
     proxy.restore()
 
     wait_committed(bootstrap, group, writer, [svc], timeout_s=240)
-    traffic.send_mixed(range(32_000, 33_000), poison=3, rng=rng)
+    traffic.send_mixed(range(22_000, 23_000), poison=3, rng=rng)
     wait_committed(bootstrap, group, writer, [svc])
 
     assert_one_row_per_key(sink_url, sink_table, len(traffic.valid_ids))
