@@ -14,7 +14,7 @@ install: $(BIN)/consumer
 
 lint: install
 	$(BIN)/ruff check consumer tests ops
-	$(BIN)/mypy consumer
+	$(BIN)/mypy consumer ops
 
 test: install
 	$(BIN)/python -m pytest -q
