@@ -88,6 +88,44 @@ def consume_ceiling(bootstrap: str, topic: str, ends: EndOffsets, group: str, pr
                        series=series)
 
 
+def fetch_values(bootstrap: str, topic: str, ends: EndOffsets, group: str, progress: Progress) -> list[bytes]:
+    """Every value of the topic, read back (untimed) for the decode and sink phases, placed at the index the
+    round-robin producer gave it (offset * partitions + partition), so those phases see the broker's bytes
+    at the coordinates their RawRecords claim."""
+    partitions = len(ends)
+    expected = sum(ends.values())
+    values: list[bytes | None] = [None] * expected
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "log_level": 3})
+    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+    count = 0
+    last_progress = time.monotonic()
+    try:
+        while count < expected:
+            messages = consumer.consume(num_messages=_CONSUME_CHUNK, timeout=_CONSUME_TIMEOUT_S)
+            for message in messages:
+                error = message.error()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise BenchError(f"fetching values: {error.str()}")
+                index = (message.offset() or 0) * partitions + (message.partition() or 0)
+                if index >= expected:
+                    raise BenchError(f"fetching values: offset {message.offset()} of partition "
+                                     f"{message.partition()} is past the delivered end offsets {ends}")
+                if values[index] is None:
+                    count += 1
+                values[index] = message.value() or b""
+            if messages:
+                last_progress = time.monotonic()
+                progress(count)
+            else:
+                _stalled(last_progress, f"fetching values stuck at {count} of {expected}")
+    finally:
+        consumer.close()
+    return [value for value in values if value is not None]
+
+
 def _stalled(since: float, what: str) -> None:
     if time.monotonic() - since > _STALL_S:
         raise BenchError(f"{what} for {_STALL_S:.0f}s")
@@ -113,7 +151,8 @@ def raw_records(topic: str, values: Sequence[bytes], start: int, partitions: int
 def decode_pair(
     values: Sequence[bytes], topic: str, partitions: int, progress: Progress
 ) -> tuple[PhaseResult, PhaseResult]:
-    """fastavro.schemaless_reader over the values, and consumer.decoder.Decoder.decode_batch beside it."""
+    """fastavro.schemaless_reader over the pre-fetched values, and consumer.decoder.Decoder.decode_batch
+    beside it on the same values."""
     schema = fastavro.parse_schema(load_schema_file(SCHEMA_FILE))
     decoder = service_decoder()
     reader = fastavro.schemaless_reader

@@ -2,7 +2,7 @@
 
 1. broker (KAFKA_BOOTSTRAP_SERVERS or the bundled Tansu) and PostgreSQL (BENCH_DATABASE_URL)
 2. pre-produce BENCH_RECORDS events over 6 partitions (and a 10x smaller backlog for the memory phase)
-3. ceilings with the service's own code beside them: consume, decode, sink
+3. ceilings with the service's own code beside them: consume, then (over the values read back) decode, sink
 4. the service draining the backlog, then the small backlog (memory), then under half load (latency)
 5. WORKERS=1 and WORKERS=2 with the database taken out (SQLite in memory)
 6. the table, the ratios, JSON + PNG in BENCH_RESULTS_DIR, and the machine-readable last line
@@ -156,6 +156,12 @@ def _phases(
     with ui.phase("consume ceiling", n) as tick:
         phases["consume_ceiling"] = ceilings.consume_ceiling(bootstrap, main_topic, ends, f"bench-{run_id}-consume",
                                                              tick)
+    with ui.phase("fetch the values (untimed)", n) as tick:
+        fetched = ceilings.fetch_values(bootstrap, main_topic, ends, f"bench-{run_id}-fetch", tick)
+    if fetched != values:
+        raise ceilings.BenchError("the values read back differ from those produced (lost, doubled or misplaced)")
+    values = fetched  # the decode and sink phases run over the broker's bytes; one copy kept
+    del fetched
     with ui.phase("decode ceiling + service decoder", n) as tick:
         phases["decode_ceiling"], phases["service_decoder"] = ceilings.decode_pair(values, main_topic, parts, tick)
     sink_tables = (f"bench_{tag}_ceiling", f"bench_{tag}_oursink")
