@@ -75,12 +75,26 @@ def create_sink_engine(url: str, password_file: Path | None) -> Engine:
             parsed = parsed.set(password=password_file.read_text(encoding="utf-8").strip())
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
-        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": 10}
+        connect_args = {k: v for k, v in _LIBPQ_DEFAULTS.items() if k not in parsed.query}
         return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError(f"SINK_URL: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"SINK_PASSWORD_FILE: {exc}") from None
+
+
+# libpq connection parameters unless SINK_URL sets them: a connection attempt gives up after 10 s, and a
+# connection whose peer vanished (a network partition, a dead node) fails within about a minute instead
+# of hanging a write until the kernel's retransmissions give up (hours): TCP keepalives probe an idle
+# connection, tcp_user_timeout bounds unacknowledged sends. The failure is then transient and retried.
+_LIBPQ_DEFAULTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:

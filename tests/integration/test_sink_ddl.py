@@ -93,3 +93,22 @@ def test_a_column_widened_by_an_operator_applies_to_the_next_write_without_a_res
         assert sink.write([long_id]).written == {"t": 1}
     finally:
         sink.close()
+
+
+@pytest.mark.parametrize("sink_url", ["postgresql"], indirect=True)
+def test_sink_connections_give_up_on_a_vanished_peer_unless_the_url_says_otherwise(sink_url: str) -> None:
+    """TCP keepalives and tcp_user_timeout turn a partitioned connection into a transient error within about a
+    minute, instead of a write that hangs invisibly to the breaker; SINK_URL's own values win."""
+    dsns = []
+    for url in (sink_url, f"{sink_url}?keepalives_idle=5"):
+        engine = create_sink_engine(url, None)
+        try:
+            with engine.connect() as conn:
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                dsns.append(dict(item.split("=", 1) for item in driver.info.dsn.split()))
+        finally:
+            engine.dispose()
+    assert {k: dsns[0][k] for k in ("keepalives", "keepalives_idle", "tcp_user_timeout")} == {
+        "keepalives": "1", "keepalives_idle": "30", "tcp_user_timeout": "60000"}
+    assert dsns[1]["keepalives_idle"] == "5"
