@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import struct
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -119,6 +120,9 @@ class RegistryAvroDecoder:
         base = reader if reader is not None else initial
         self._columns: dict[str, ColumnSpec] = {c.name: c for c in columns_of(base)} if base else {}
         self._writers: dict[int, _WriterSchema] = {}
+        # The runner decodes the next batch on the polling thread while the worker may decode another:
+        # loading a new schema id (and growing the columns) happens under this lock, once per id.
+        self._loading = threading.Lock()
 
     def decode(self, value: bytes) -> tuple[Fields, dict[str, Any]]:
         if len(value) < _WIRE_HEADER or value[0] != _WIRE_MAGIC:
@@ -132,6 +136,11 @@ class RegistryAvroDecoder:
         return list(self._columns.values())
 
     def _load(self, schema_id: int) -> _WriterSchema:
+        with self._loading:
+            loaded = self._writers.get(schema_id)
+            return loaded if loaded is not None else self._load_locked(schema_id)
+
+    def _load_locked(self, schema_id: int) -> _WriterSchema:
         try:
             writer = _fastavro_parse(self._registry.schema(schema_id), named_schemas={})
         except SchemaNotFound:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from consumer.clock import Clock
-from consumer.decoder import Decoder
+from consumer.decoder import DecodedBatch, Decoder
 from consumer.dlq import DeadLetterSink, DlqGuard
 from consumer.errors import RecordRejectedError
 from consumer.records import Batch, BatchResult, DeadLetter, DecodedRecord, Stage, TopicCounts
@@ -59,12 +59,28 @@ class _Written:
     rejected: list[DeadLetter]
 
 
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    """A batch decoded ahead of its write: the runner decodes the next batch on the polling thread while
+    the one before is in the database (whose waits release the GIL)."""
+
+    batch: Batch
+    records: DecodedBatch
+    collapsed: Collapsed
+    seconds: float
+
+
 class BatchProcessor(Protocol):
     """What the runner hands a closed batch to, on its worker thread, one batch at a time."""
 
-    def process(self, batch: Batch) -> BatchResult:
-        """Write the batch and publish its dead letters, then return its next offsets. Safe to repeat after
-        a failure. Raises TransientError (retry later), GuardTrippedError (hold) or PermanentError (stop)."""
+    def decode(self, batch: Batch) -> Decoded:
+        """CPU only, any thread, writes nothing; raises TransientError when the schema registry is away."""
+        ...
+
+    def process(self, batch: Batch, decoded: Decoded | None = None) -> BatchResult:
+        """Write the batch (decoding it first unless `decoded` is given) and publish its dead letters, then
+        return its next offsets. Safe to repeat after a failure. Raises TransientError (retry later),
+        GuardTrippedError (hold) or PermanentError (stop)."""
         ...
 
 
@@ -80,29 +96,35 @@ class Pipeline:
         self._upsert = upsert
         self._clock = clock
 
-    def process(self, batch: Batch) -> BatchResult:
-        """1. decode, setting poison aside  2. ask the dead-letter guard, before anything is written
-        3. collapse duplicate keys  4. write the rest, isolating rows the database rejects  5. ask the guard
-        again, now with the rejected rows  6. publish poison to the dead-letter topic and wait for its
-        acknowledgement  7. hand back next offsets; the runner commits them only after 4 and 6 succeeded.
-        Transient and fatal errors propagate, and so does the guard's refusal; only record-level failures
-        are dead-lettered."""
+    def decode(self, batch: Batch) -> Decoded:
+        """Decode, setting poison aside, and collapse duplicate keys."""
         started = self._clock.monotonic()
-        decoded = self._decoder.decode_batch(batch.records)
-        self._guard.check(len(batch), dead_positions(batch, decoded.dead_letters))
-        collapsed = collapse_duplicates(decoded.decoded, self._upsert)
+        records = self._decoder.decode_batch(batch.records)
+        collapsed = collapse_duplicates(records.decoded, self._upsert)
+        return Decoded(batch, records, collapsed, self._clock.monotonic() - started)
+
+    def process(self, batch: Batch, decoded: Decoded | None = None) -> BatchResult:
+        """1. decode (unless done ahead), setting poison aside and collapsing duplicate keys  2. ask the
+        dead-letter guard, before anything is written  3. write the rest, isolating rows the database
+        rejects  4. ask the guard again, now with the rejected rows  5. publish poison to the dead-letter
+        topic and wait for its acknowledgement  6. hand back next offsets; the runner commits them only
+        after 3 and 5 succeeded. Transient and fatal errors propagate, and so does the guard's refusal; only
+        record-level failures are dead-lettered."""
+        if decoded is None or decoded.batch is not batch:
+            decoded = self.decode(batch)
+        self._guard.check(len(batch), dead_positions(batch, decoded.records.dead_letters))
         decoded_at = self._clock.monotonic()
         self._sink.prepare(self._decoder.columns())
-        written = self._write(collapsed)
+        written = self._write(decoded.collapsed)
         sunk_at = self._clock.monotonic()
-        poison = decoded.dead_letters + written.rejected
+        poison = decoded.records.dead_letters + written.rejected
         positions = dead_positions(batch, poison)
         self._guard.check(len(batch), positions)
         self._dead_letters.publish(poison)
         self._guard.record(len(batch), positions)
         counts: dict[str, TopicCounts] = {}
         kinds: Counter[tuple[str, str]] = Counter()
-        for topic, n in decoded.skipped.items():
+        for topic, n in decoded.records.skipped.items():
             counts.setdefault(topic, TopicCounts()).skipped += n
         for letter in poison:
             counts.setdefault(letter.record.topic, TopicCounts()).dlq += 1
@@ -114,7 +136,7 @@ class Pipeline:
         return BatchResult(
             batch=batch, next_offsets=batch.next_offsets(), counts=counts, dead_letters=len(poison),
             dead_letter_kinds=dict(kinds),
-            decode_seconds=decoded_at - started, sink_seconds=sunk_at - decoded_at,
+            decode_seconds=decoded.seconds, sink_seconds=sunk_at - decoded_at,
         )
 
     def _write(self, collapsed: Collapsed) -> _Written:

@@ -28,7 +28,7 @@ from consumer.health import HealthState
 from consumer.lag import LagMonitor, oldest_timestamp_ms
 from consumer.metrics import BatchOutcome, BatchStage, Dependency, Metrics, Outcome, RebalanceKind
 from consumer.offsets import OffsetTracker
-from consumer.pipeline import BatchProcessor
+from consumer.pipeline import BatchProcessor, Decoded
 from consumer.ratelimit import TokenBucket
 from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
 from consumer.retry import Backoff
@@ -90,6 +90,7 @@ class Runner:
         self._stop = stop
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
         self._waiting: deque[Batch] = deque()
+        self._decoded_ahead: Decoded | None = None  # the first waiting batch, decoded while the sink worked
         self._in_flight: _InFlight | None = None
         self._retry_at = 0.0
         self._paused: set[TopicPartition] = set()
@@ -132,10 +133,22 @@ class Runner:
         left = self._unpaused_wait_left()
         if left <= 0 or self._in_flight is None:
             return False
-        wait([self._in_flight.future], timeout=min(left, _IDLE_POLL_S))
+        self._decode_ahead()
+        wait([self._in_flight.future], timeout=max(0.0, min(self._unpaused_wait_left(), _IDLE_POLL_S)))
         self._health.beat()  # the loop is alive: it is waiting on the sink on purpose
         self._advance()
         return True
+
+    def _decode_ahead(self) -> None:
+        """Decode the next batch here, on the polling thread, while the one before is in the database: the
+        database's waits release the GIL, so the two overlap. A registry outage leaves it to the worker."""
+        upcoming = self._waiting[0]
+        if self._decoded_ahead is not None and self._decoded_ahead.batch is upcoming:
+            return
+        try:
+            self._decoded_ahead = self._pipeline.decode(upcoming)
+        except TransientError:
+            self._decoded_ahead = None
 
     def _unpaused_wait_left(self) -> float:
         """How much longer a queued batch may wait for the one in flight without pausing; 0 if it may not."""
@@ -157,7 +170,10 @@ class Runner:
             batch = self._waiting.popleft()
             if self._rate_limit is not None:
                 self._rate_limit.take(len(batch))
-            self._in_flight = _InFlight(batch, self._worker.submit(self._pipeline.process, batch),
+            ahead, self._decoded_ahead = self._decoded_ahead, None
+            if ahead is not None and ahead.batch is not batch:
+                ahead = None  # decoded for another batch (one put back in front for a retry)
+            self._in_flight = _InFlight(batch, self._worker.submit(self._pipeline.process, batch, ahead),
                                         self._clock.monotonic())
         elif self._offsets.pending() and self._in_flight is None and not self._guard_held:
             self._commit()  # an earlier commit was refused; try again while idle
@@ -233,6 +249,7 @@ class Runner:
         and keep polling so the group keeps us (and our partitions) until an operator restarts us."""
         self._guard_held = True
         self._waiting.clear()
+        self._decoded_ahead = None
         dropped = len(batch) + len(self._batcher.flush(CloseReason.SHUTDOWN) or ())
         self._metrics.dlq_guard_tripped.set(1)
         self._health.guard_tripped = True

@@ -11,6 +11,8 @@ import threading
 from collections import deque
 from collections.abc import Collection, Mapping
 
+from consumer.decoder import DecodedBatch
+from consumer.pipeline import Collapsed, Decoded
 from consumer.records import Batch, BatchResult, RawRecord, TopicCounts, TopicPartition
 from consumer.source import CommitOutcome, RebalanceListener
 
@@ -106,13 +108,22 @@ class FakePipeline:
         self.failures: dict[int, list[Exception]] = {}
         self.attempts: list[int] = []
         self.processed: list[Batch] = []
+        self.decoded_ahead: list[int] = []
+        self.given_decoded: list[int] = []
 
     def gate(self, batch_id: int) -> threading.Event:
         event = self.gates[batch_id] = threading.Event()
         return event
 
-    def process(self, batch: Batch) -> BatchResult:
+    def decode(self, batch: Batch) -> Decoded:
+        self.decoded_ahead.append(batch.batch_id)
+        return Decoded(batch, DecodedBatch(), Collapsed([], {}), 0.0)
+
+    def process(self, batch: Batch, decoded: Decoded | None = None) -> BatchResult:
         self.attempts.append(batch.batch_id)
+        if decoded is not None:
+            assert decoded.batch is batch
+            self.given_decoded.append(batch.batch_id)
         gate = self.gates.get(batch.batch_id)
         if gate is not None:
             gate.wait(30)
