@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 import pytest
+from fakeclock import FakeClock
 from fakes import FakePipeline, FakeSource
 from prometheus_client import CollectorRegistry
 from support.waiting import wait_until
@@ -25,6 +26,7 @@ from consumer.errors import FatalError, GuardTrippedError, SinkUnavailableError
 from consumer.health import HealthState
 from consumer.metrics import Dependency, Metrics
 from consumer.offsets import OffsetTracker
+from consumer.ratelimit import TokenBucket
 from consumer.retry import Backoff
 from consumer.runner import Runner
 from consumer.status import StatusBoard
@@ -57,7 +59,7 @@ StartRunner = Callable[..., Running]
 def start() -> Iterator[StartRunner]:
     started: list[Running] = []
 
-    def run(breaker_threshold: int = 100, max_wait_s: float = 60.0) -> Running:
+    def run(breaker_threshold: int = 100, max_wait_s: float = 60.0, rate_limit: TokenBucket | None = None) -> Running:
         clock = SystemClock()
         source, pipeline = FakeSource(PARTITIONS), FakePipeline()
         registry = CollectorRegistry()
@@ -77,6 +79,7 @@ def start() -> Iterator[StartRunner]:
             clock=clock,
             shutdown_timeout_s=WAIT_S,
             stop=stop,
+            rate_limit=rate_limit,
         )
         exit_code: Future[int] = Future()
 
@@ -144,6 +147,21 @@ def test_a_batch_queued_briefly_behind_a_quick_write_waits_without_pausing(start
     assert running.stopped() == 0
 
 
+def test_the_next_batch_is_decoded_while_the_one_before_is_written_and_its_write_uses_that(
+    start: StartRunner,
+) -> None:
+    running = start()
+    source, pipeline = running.source, running.pipeline
+    first = pipeline.gate(1)
+    _feed_all(source, 100)
+    wait_until(lambda: pipeline.decoded_ahead, WAIT_S, "batch 2 decoded ahead", until=lambda ids: 2 in ids)
+    assert pipeline.attempts == [1]  # batch 1 is still being written
+    first.set()
+    wait_until(lambda: _all_committed(source, 100), WAIT_S, "all 300 offsets committed")
+    assert 2 in pipeline.given_decoded
+    assert running.stopped() == 0
+
+
 def test_a_transient_failure_retries_the_same_batch_before_any_later_one(start: StartRunner) -> None:
     running = start()
     source, pipeline = running.source, running.pipeline
@@ -202,6 +220,30 @@ def test_partitions_stay_paused_through_every_retry_and_probe_until_the_batch_go
                until=lambda committed: committed == {(TOPIC, 0): BATCH})
     assert pipeline.attempts == [1] * 6
     assert source.pause_calls == 1 and source.resume_calls == 1
+    assert running.stopped() == 0
+
+
+def test_the_rate_limit_holds_the_next_batch_until_the_bucket_refills_while_polling_goes_on(
+    start: StartRunner,
+) -> None:
+    bucket_clock = FakeClock()  # the bucket's own clock: time passes only when the test says so
+    running = start(rate_limit=TokenBucket(BATCH, bucket_clock))  # one batch per second
+    source, pipeline = running.source, running.pipeline
+    _feed_all(source, 100)
+    wait_until(lambda: len(pipeline.processed), WAIT_S, "two batches (the burst, then the debt)",
+               until=lambda n: n == 2)
+    polls = source.polls
+    wait_until(lambda: source.polls, WAIT_S, "polling to go on", until=lambda n: n > polls + 5)
+    assert len(pipeline.processed) == 2 and source.paused == set(PARTITIONS)
+    bucket_clock.advance(1.0)  # the debt of the second batch is paid
+    wait_until(lambda: len(pipeline.processed), WAIT_S, "the third batch", until=lambda n: n == 3)
+
+
+    def refilled_and_committed() -> bool:
+        bucket_clock.advance(0.5)  # time goes on for the bucket only while the test waits
+        return _all_committed(source, 100)
+
+    wait_until(refilled_and_committed, WAIT_S, "all 300 offsets committed")
     assert running.stopped() == 0
 
 
