@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.pool import StaticPool
 
 from consumer.errors import (
     ConfigError,
@@ -98,8 +99,11 @@ _LIBPQ_DEFAULTS = {
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
-    if url.database and url.database != ":memory:":
-        Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    if not url.database or url.database == ":memory:":
+        # One connection shared by every thread: each new connection to ":memory:" is a new, empty
+        # database, so the table made at start would be missing on the sink's worker thread.
+        return sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")

@@ -112,3 +112,19 @@ def test_sink_connections_give_up_on_a_vanished_peer_unless_the_url_says_otherwi
     assert {k: dsns[0][k] for k in ("keepalives", "keepalives_idle", "tcp_user_timeout")} == {
         "keepalives": "1", "keepalives_idle": "30", "tcp_user_timeout": "60000"}
     assert dsns[1]["keepalives_idle"] == "5"
+
+
+def test_an_in_memory_sqlite_sink_is_one_database_for_every_thread() -> None:
+    """SINK_URL=sqlite:// (the benchmark takes the database out this way): the table made at start on the
+    main thread must be there for the sink's worker thread."""
+    sink = SqlSink(create_sink_engine("sqlite://", None), "events", upsert=False)
+    try:
+        sink.prepare(BASE)
+        record = DecodedRecord(RawRecord("t", 0, 1, 0, None, b"v"), "k1", {"event_id": "e1", "n": 1})
+        written: list[object] = []
+        worker = threading.Thread(target=lambda: written.append(sink.write([record]).written))
+        worker.start()
+        worker.join(timeout=30)
+        assert written == [{"t": 1}]
+    finally:
+        sink.close()
