@@ -38,6 +38,7 @@ from consumer.schema import (
     field_names,
     key_text,
     merge_columns,
+    reading_uuids_as_text,
     to_json_text,
 )
 
@@ -86,7 +87,7 @@ class SchemalessAvroDecoder:
     """Values written with `schemaless_writer` and the SCHEMA_FILE schema (no header)."""
 
     def __init__(self, schema: AvroSchema) -> None:
-        self._schema = schema
+        self._schema = reading_uuids_as_text(schema)
         self._columns = columns_of(schema)
         self._converters = cell_converters(self._columns)
 
@@ -116,7 +117,8 @@ class RegistryAvroDecoder:
         self, registry: SchemaRegistryClient, reader: AvroSchema | None, initial: AvroSchema | None = None
     ) -> None:
         self._registry = registry
-        self._reader = reader
+        self._reader_columns = columns_of(reader) if reader is not None else None
+        self._reader = reading_uuids_as_text(reader) if reader is not None else None  # as values are read
         base = reader if reader is not None else initial
         self._columns: dict[str, ColumnSpec] = {c.name: c for c in columns_of(base)} if base else {}
         self._writers: dict[int, _WriterSchema] = {}
@@ -147,8 +149,8 @@ class RegistryAvroDecoder:
             raise DecodeError(f"schema id {schema_id} is not in the registry") from None
         except (SchemaParseException, ValueError, TypeError) as exc:
             raise DecodeError(f"schema id {schema_id} cannot be parsed: {exc}") from None
-        effective = self._reader if self._reader is not None else writer
-        columns = columns_of(effective)
+        columns = self._reader_columns if self._reader_columns is not None else columns_of(writer)
+        writer = reading_uuids_as_text(writer)
         if self._reader is None:
             self._columns = merge_columns(self._columns, columns)
         entry = _WriterSchema(writer, cell_converters(columns))

@@ -146,3 +146,28 @@ def test_json_with_schema_uuid_field_key_is_canonical_lowercase() -> None:
     out = decoder.decode_batch([raw(json.dumps({"event_id": "ABCDEF01-1234-5678-1234-567812345678"}).encode())])
     assert out.decoded[0].row["event_id"] == "abcdef01-1234-5678-1234-567812345678"
     assert out.decoded[0].key == "abcdef01-1234-5678-1234-567812345678"
+
+
+@pytest.mark.parametrize("decoder_kind", ["avro", "json"])
+def test_a_uuid_field_is_canonicalised_and_a_string_that_is_no_uuid_is_poison(decoder_kind: str) -> None:
+    """uuids are read as text and checked here (fastavro's UUID objects cost more than the check)."""
+    schema = parsed_schema()
+    values = SchemalessAvroDecoder(schema) if decoder_kind == "avro" else JsonDecoder(schema)
+    decoder = Decoder(values, key_source("field:event_id", [c.name for c in values.columns()]), "field:event_id",
+                      1 << 20)
+
+    def value(event_id: str) -> bytes:
+        if decoder_kind == "avro":
+            return encode(make_event(1, event_id=event_id), schema)
+        return json.dumps({"event_id": event_id}).encode()
+
+    out = decoder.decode_batch([
+        raw(value("{ABCDEF01-1234-5678-1234-567812345678}"), offset=1),
+        raw(value("abcdef0112345678123456781234567f"), offset=2),
+        raw(value("not-a-uuid-at-all-but-36-chars-long!"), offset=3),
+        raw(value("zzzzzzzz-1234-5678-1234-567812345678"), offset=4),
+    ])
+    assert [d.row["event_id"] for d in out.decoded] == [
+        "abcdef01-1234-5678-1234-567812345678", "abcdef01-1234-5678-1234-56781234567f"]
+    assert [(d.record.offset, d.stage.value, d.error_class) for d in out.dead_letters] == [
+        (3, "decode", "DecodeError"), (4, "decode", "DecodeError")]
