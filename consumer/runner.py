@@ -38,6 +38,7 @@ from consumer.status import StatusBoard
 log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.2  # longest poll while nothing is due: bounds how late a stop or a retry is noticed
+_IN_FLIGHT_POLL_S = 0.02  # longest poll while a batch is in the sink: bounds how late its commit goes out
 # Pausing throws away a partition's prefetched records (librdkafka purges its fetch queue; confluent-kafka
 # -dotnet #1621), and the refetch after resume stalls the pipeline. So while a closed batch waits for the
 # one in flight, the loop first just waits for it, without polling, for up to this long; only a longer
@@ -158,8 +159,11 @@ class Runner:
         return max(0.0, in_flight.started_at + _UNPAUSED_WAIT_S - self._clock.monotonic())
 
     def _poll_timeout(self) -> float:
+        """Until the open batch is due, at most _IDLE_POLL_S; shorter while a batch is in the sink, so its
+        commit is not held back by a poll waiting for records (consume() returns early only when full)."""
         until_due = self._batcher.seconds_until_due()
-        return _IDLE_POLL_S if until_due is None else min(until_due, _IDLE_POLL_S)
+        longest = _IN_FLIGHT_POLL_S if self._in_flight is not None else _IDLE_POLL_S
+        return longest if until_due is None else min(until_due, longest)
 
     def _advance(self) -> None:
         """Collect a finished batch, then start the next one if the breaker and the backoff allow."""

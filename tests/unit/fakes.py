@@ -32,6 +32,7 @@ class FakeSource:
         self.commits: list[dict[TopicPartition, int]] = []
         self.polls = 0
         self.pause_calls = 0
+        self.timeouts: list[float] = []
         self.resume_calls = 0
         self.handed_out = 0
         self.closed = False
@@ -52,6 +53,7 @@ class FakeSource:
     def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
         assert self._listener is not None
         self.polls += 1
+        self.timeouts.append(timeout_s)
         if not self._assigned:
             self._assigned = True
             self._listener.on_assigned(list(self._queues))

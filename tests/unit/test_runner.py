@@ -162,6 +162,20 @@ def test_the_next_batch_is_decoded_while_the_one_before_is_written_and_its_write
     assert running.stopped() == 0
 
 
+def test_polls_stay_short_while_a_batch_is_in_the_sink_so_its_commit_is_not_held_back(start: StartRunner) -> None:
+    running = start()
+    source, pipeline = running.source, running.pipeline
+    slow = pipeline.gate(1)
+    source.feed((TOPIC, 0), BATCH + 10)  # one batch in flight, an open batch that will not fill
+    wait_until(lambda: pipeline.attempts, WAIT_S, "batch 1 in the sink", until=lambda ids: ids == [1])
+    polls = source.polls
+    wait_until(lambda: source.polls, WAIT_S, "polls while it is there", until=lambda n: n > polls + 5)
+    assert max(source.timeouts[polls:]) <= 0.02
+    slow.set()
+    wait_until(lambda: source.commits, WAIT_S, "batch 1 committed")
+    assert running.stopped() == 0
+
+
 def test_a_transient_failure_retries_the_same_batch_before_any_later_one(start: StartRunner) -> None:
     running = start()
     source, pipeline = running.source, running.pipeline
