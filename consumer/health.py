@@ -83,10 +83,34 @@ class HealthServer:
         self._server.server_close()
 
 
+class EndpointHandler(BaseHTTPRequestHandler):
+    """The plumbing every endpoint server here shares (this one and the WORKERS supervisor's): JSON and
+    raw answers, no access log. `redact` runs over every JSON body."""
+
+    def redact(self, text: str) -> str:
+        return text
+
+    def _send_json(self, code: int, body: Any) -> None:
+        self._send(code, self.redact(json.dumps(body, default=str)).encode("utf-8"), "application/json")
+
+    def _send(self, code: int, body: bytes, content_type: str) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # scrapes every few seconds would drown the logs
+
+
 def _handler(
     registry: CollectorRegistry, state: HealthState, redact: Callable[[str], str]
 ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(EndpointHandler):
+        def redact(self, text: str) -> str:
+            return redact(text)
+
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -101,18 +125,5 @@ def _handler(
                 self._send_json(200, status_body(state))
             else:
                 self._send_json(404, {"error": "not found"})
-
-        def _send_json(self, code: int, body: Any) -> None:
-            self._send(code, redact(json.dumps(body, default=str)).encode("utf-8"), "application/json")
-
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # scrapes every few seconds would drown the logs
 
     return Handler

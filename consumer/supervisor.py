@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry
 from consumer import __version__
 from consumer.aggregate import CONTENT_TYPE, Families, cumulative, families_of, merge, parse, render
 from consumer.clock import Clock, SystemClock
+from consumer.health import EndpointHandler
 from consumer.metrics import SupervisorMetrics
 from consumer.settings import Settings
 
@@ -427,7 +428,7 @@ def _serve(port: int, supervisor: Supervisor) -> ThreadingHTTPServer:
 
 
 def _handler(supervisor: Supervisor) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(EndpointHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
@@ -440,18 +441,5 @@ def _handler(supervisor: Supervisor) -> type[BaseHTTPRequestHandler]:
                 self._send_json(200, supervisor.status())
             else:
                 self._send_json(404, {"error": "not found"})
-
-        def _send_json(self, code: int, body: Any) -> None:
-            self._send(code, json.dumps(body, default=str).encode("utf-8"), "application/json")
-
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # scrapes every few seconds would drown the logs
 
     return Handler
