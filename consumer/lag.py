@@ -43,6 +43,9 @@ class LagMonitor:
         self._clock = clock
         self._interval_s = interval_s
         self._next_at = 0.0
+        # librdkafka forgets a paused partition's cached high watermark (its fetch queue is purged), which is
+        # exactly while the sink is down and lag matters; the last one seen stands in until it fetches again.
+        self._last_high: dict[TopicPartition, int] = {}
         self._aged_from: dict[
             TopicPartition, tuple[int, int]
         ] = {}  # committed offset -> oldest timestamp, ms
@@ -64,12 +67,17 @@ class LagMonitor:
         self._next_at = self._clock.monotonic() + self._interval_s
         now_ms = self._clock.wall() * 1000
         aged_from: dict[TopicPartition, tuple[int, int]] = {}
+        last_high: dict[TopicPartition, int] = {}
         rows = []
         for topic, partition in sorted(assigned):
             tp = (topic, partition)
             ours = committed(tp)
             offset = ours if ours is not None else group_committed(tp)
             high = high_watermark(tp)
+            if high is None:
+                high = self._last_high.get(tp)
+            if high is not None:
+                last_high[tp] = high
             records = max(0, high - offset) if high is not None and offset is not None else None
             oldest_ms = self._oldest_ms(tp, offset, oldest_in_hand_ms) if records else None
             if oldest_ms is not None and offset is not None:
@@ -80,6 +88,7 @@ class LagMonitor:
             self._metrics.lag_seconds.labels(topic, str(partition)).set(seconds)
             rows.append(PartitionLag(topic, partition, offset, high, records, round(seconds, 3)))
         self._aged_from = aged_from
+        self._last_high = last_high  # only assigned partitions: a revoked one is forgotten
         self.partitions = tuple(rows)
         return self.partitions
 

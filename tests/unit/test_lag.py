@@ -76,3 +76,18 @@ def test_an_age_keeps_growing_while_records_left_our_hands_uncommitted() -> None
     committed[A] = 6  # a commit moved the partition: the remembered record is behind us
     lag.refresh([A], committed.get, {}.get, high.get, None)
     assert _gauge(registry, "consumer_lag_seconds", 0) == 0.0
+
+
+def test_a_paused_partitions_forgotten_high_watermark_keeps_its_last_value_while_assigned() -> None:
+    """librdkafka drops a paused partition's cached high watermark: during a sink outage (everything paused)
+    lag in records and seconds must still show, from the last watermark seen."""
+    registry, clock = CollectorRegistry(), FakeClock(wall=1_700_000_100.0)
+    lag = LagMonitor(Metrics(registry, ["t"]), clock, 1.0)
+    lag.refresh([A], {A: 10}.get, {}.get, {A: 50}.get, 1_700_000_090_000)
+    clock.advance(5)
+    rows = lag.refresh([A], {A: 10}.get, {}.get, {}.get, 1_700_000_090_000)  # paused: watermark unknown
+    assert [(r.high_watermark, r.lag_records) for r in rows] == [(50, 40)]
+    assert _gauge(registry, "consumer_lag_seconds", 0) == 15.0
+    lag.refresh([B], {}.get, {}.get, {}.get, None)  # A revoked: its watermark is forgotten
+    rows = lag.refresh([A], {A: 10}.get, {}.get, {}.get, None)
+    assert [(r.high_watermark, r.lag_records) for r in rows] == [(None, None)]
