@@ -10,16 +10,15 @@ deterministic: the first all-poison batch (100 records) meets a window of 100 po
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 from support.db import count_rows
 from support.events import encode, make_event
 from support.kafka import Msg, TopicWriter, committed_offsets, read_all
+from support.runs import service_env
 from support.service import ServiceProcess
 from support.waiting import wait_until
 
-SCHEMA_FILE = str(Path(__file__).resolve().parents[2] / "schemas" / "event.avsc")
 VALID, POISON = 1000, 1000
 
 StartService = Callable[..., ServiceProcess]
@@ -39,19 +38,13 @@ def test_a_wave_of_poison_trips_the_guard_and_nothing_more_is_dead_lettered_or_c
     writer = TopicWriter(kafka_bootstrap, topic)
     writer.send([Msg(value=encode(make_event(i))) for i in range(VALID)])
     writer.send([Msg(value=b"\x00 a bad deploy upstream") for _ in range(POISON)])
-    env = {
-        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
-        "CONSUMER_TOPICS": topic,
-        "CONSUMER_GROUP_ID": group,
-        "SCHEMA_FILE": SCHEMA_FILE,
-        "SINK_URL": sink_url,
-        "SINK_TABLE": sink_table,
-        "IDEMPOTENCY_KEY": "field:event_id",
-        "BATCH_MAX_RECORDS": "100",
-        "BATCH_MAX_WAIT_MS": "60000",  # batches close on count only: their edges are offsets 0, 100, ...
-        "DLQ_GUARD_MIN_RECORDS": "200",
-        "DLQ_MAX_RATIO": "0.2",
-    }
+    env = service_env(
+        kafka_bootstrap, topic, group, sink_url, sink_table,
+        BATCH_MAX_RECORDS="100",
+        BATCH_MAX_WAIT_MS="60000",  # batches close on count only: their edges are offsets 0, 100, ...
+        DLQ_GUARD_MIN_RECORDS="200",
+        DLQ_MAX_RATIO="0.2",
+    )
 
     held = service(env)
     wait_until(lambda: held.metric("consumer_dlq_guard_tripped"), 90, "the guard to trip", until=lambda v: v == 1)
