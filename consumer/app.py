@@ -143,7 +143,8 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     decoder = Decoder(values, key_source(settings.idempotency_key, fields), settings.idempotency_key,
                       settings.max_record_bytes)
     sink = SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file), settings.sink_table,
-                   upsert=settings.sink_write_mode is WriteMode.UPSERT)
+                   upsert=settings.sink_write_mode is WriteMode.UPSERT,
+                   typed_values=settings.value_format is ValueFormat.AVRO)
     client_config = kafka_client_config(settings)
     _ensure_dead_letter_topic(client_config, settings)
     try:

@@ -2,8 +2,8 @@
 
 Writes are idempotent by `_idempotency_key`: `insert` keeps the first write (a replay is a no-op),
 `upsert` keeps the highest offset of a partition (an older replay never overwrites a newer row).
-PostgreSQL gets COPY into a transaction-temporary staging table plus one set-based INSERT ... SELECT ...
-ON CONFLICT; SQLite gets a multi-row INSERT ... ON CONFLICT. Every driver error leaves this module
+PostgreSQL gets COPY (binary when the values are typed) into a transaction-temporary staging table plus one
+set-based INSERT ... SELECT ... ON CONFLICT; SQLite gets a multi-row INSERT ... ON CONFLICT. Every driver error leaves this module
 classified by SQLSTATE (or SQLite's result code): transient, record-level, or fatal.
 """
 
@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sqlite3
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.adapt import Dumper
+from psycopg.pq import Format
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
@@ -124,6 +129,10 @@ def classify(exc: BaseException) -> ConsumerError:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return SinkUnavailableError(message)
     sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    if not sqlstate and isinstance(orig, (psycopg.DataError, sqlite3.DataError)):
+        # The driver refused a value before sending it (PEP 249 DataError: a NUL byte in a text field for
+        # psycopg): the row's fault, not the database's. Retrying it would block the partition for good.
+        return RecordRejectedError(message)
     if sqlstate:
         code_class = sqlstate[:2]
         if code_class in _RECORD_CLASSES:
@@ -177,6 +186,56 @@ def _meta_columns() -> list[sa.Column[Any]]:
     ]
 
 
+# Staged column types (by OID) whose binary form psycopg writes right from the Python values the Avro
+# decoders give; a table with any other column type is written with text COPY.
+_INT8, _FLOAT8, _BOOL, _TEXT, _VARCHAR, _BPCHAR, _BYTEA = 20, 701, 16, 25, 1043, 1042, 17
+_INT2, _INT4, _FLOAT4 = 21, 23, 700
+# Narrow numbers are staged wide, so a value out of range fails as the INSERT ... SELECT casts it into the
+# target (22003, the row's fault) instead of being wrapped silently by a binary dumper (psycopg packs 2**40
+# into an int4 as 0, and 1e300 into a real as infinity).
+_STAGED_WIDE = {_INT2: (_INT8, "bigint"), _INT4: (_INT8, "bigint"), _FLOAT4: (_FLOAT8, "double precision")}
+_NUMERIC, _DATE, _TIME, _TIMESTAMPTZ, _UUID, _JSON, _JSONB = 1700, 1082, 1083, 1184, 2950, 114, 3802
+_BINARY_COPYABLE = frozenset({
+    _INT8, _FLOAT8, _BOOL, _TEXT, _VARCHAR, _BPCHAR, _BYTEA, _NUMERIC, _DATE, _TIME, _TIMESTAMPTZ, _UUID, _JSON,
+    _JSONB,
+})
+
+
+class _UuidTextBinaryDumper(Dumper):
+    """uuid cells arrive as canonical text (schema.reading_uuids_as_text); psycopg's own wants uuid.UUID."""
+
+    format = Format.BINARY
+    oid = _UUID
+
+    def dump(self, obj: Any) -> bytes:
+        return obj.bytes if isinstance(obj, uuid.UUID) else bytes.fromhex(obj.replace("-", ""))
+
+
+class _JsonTextBinaryDumper(Dumper):
+    """JSON cells arrive as JSON text; psycopg's own would encode the text again as one JSON string."""
+
+    format = Format.BINARY
+    oid = _JSON
+
+    def dump(self, obj: Any) -> bytes:
+        return obj.encode() if isinstance(obj, str) else bytes(obj)
+
+
+class _JsonbTextBinaryDumper(_JsonTextBinaryDumper):
+    oid = _JSONB
+
+    def dump(self, obj: Any) -> bytes:
+        return b"\x01" + super().dump(obj)  # jsonb's binary form: version 1, then the text
+
+
+class _NotBinaryCopyable(Exception):
+    """A value psycopg cannot write in binary for its column (a naive datetime for timestamptz, say)."""
+
+
+# Raised by psycopg's binary dumpers for a value of another type than its column's, before anything is sent.
+_DUMP_ERRORS = (TypeError, ValueError, AttributeError, OverflowError, psycopg.DataError, psycopg.ProgrammingError)
+
+
 def _timestamp(ms: int) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC) if ms >= 0 else None
 
@@ -184,11 +243,15 @@ def _timestamp(ms: int) -> dt.datetime | None:
 class SqlSink:
     """SQLAlchemy Core sink for PostgreSQL and SQLite (the dialects we test)."""
 
-    def __init__(self, engine: Engine, table_name: str, upsert: bool) -> None:
+    def __init__(self, engine: Engine, table_name: str, upsert: bool, typed_values: bool = False) -> None:
+        """`typed_values`: cells have their column's Python type (decoded Avro), so PostgreSQL is written with
+        binary COPY (about half the client and server CPU of text); JSON values keep text COPY, which lets
+        PostgreSQL parse what the JSON gave."""
         self._engine = engine
         self._table_name = table_name
         self._upsert = upsert
         self._postgres = engine.dialect.name == "postgresql"
+        self._binary_copy = typed_values and self._postgres
         self._table: sa.Table | None = None
         self._value_names: list[str] = []
         self._prepared: frozenset[ColumnSpec] | None = None
@@ -286,12 +349,21 @@ class SqlSink:
         by_topic: dict[str, list[DecodedRecord]] = {}
         for record in records:
             by_topic.setdefault(record.raw.topic, []).append(record)
+        try:
+            written = self._write_once(records, by_topic)
+        except _NotBinaryCopyable as exc:
+            # Values of a type the binary form does not take (local-timestamp-* gives naive datetimes): the
+            # transaction rolled back before anything was written; text COPY from now on, as it always did.
+            self._binary_copy = False
+            log.info("sink values not writable as binary COPY; using text COPY", extra={"reason": str(exc)})
+            written = self._write_once(records, by_topic)
+        return WriteResult(attempted={t: len(g) for t, g in by_topic.items()}, written=written)
+
+    def _write_once(self, records: Sequence[DecodedRecord], by_topic: dict[str, list[DecodedRecord]]) -> dict[str, int]:
         with self._translated(), self._engine.begin() as conn:
             if self._postgres:
-                written = self._write_postgres(conn, records, list(by_topic))
-            else:
-                written = {topic: self._write_sqlite(conn, group) for topic, group in by_topic.items()}
-        return WriteResult(attempted={t: len(g) for t, g in by_topic.items()}, written=written)
+                return self._write_postgres(conn, records, list(by_topic))
+            return {topic: self._write_sqlite(conn, group) for topic, group in by_topic.items()}
 
     def _write_sqlite(self, conn: Connection, records: Sequence[DecodedRecord]) -> int:
         names = self._value_names
@@ -313,22 +385,51 @@ class SqlSink:
         preparer = conn.dialect.identifier_preparer
         names = [*self._value_names, *META_COLUMNS]
         stage = preparer.quote(self._stage_name())
-        target = preparer.quote(self._table_name)
         quoted = ", ".join(preparer.quote(name) for name in names)
-        # Made anew in every transaction (about 1 ms): it copies the target's column types as they are now,
-        # so an operator who widens a column sees replayed rows fit at once, without restarting us.
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {stage} (LIKE {target} INCLUDING DEFAULTS) ON COMMIT DROP")
+        oids = self._create_stage(conn, names)
+        binary = self._binary_copy and all(oid in _BINARY_COPYABLE for oid in oids)
         value_names = self._value_names
         driver = conn.connection.driver_connection
         assert driver is not None
-        with driver.cursor() as cursor, cursor.copy(f"COPY {stage} ({quoted}) FROM STDIN") as copy:
-            for record in records:
-                raw, row = record.raw, record.row
-                copy.write_row(
-                    [row.get(name) for name in value_names]
-                    + [raw.topic, raw.partition, raw.offset, _timestamp(raw.timestamp_ms), record.key]
-                )
+        with driver.cursor() as cursor:
+            if binary:
+                for dumper in (_UuidTextBinaryDumper, _JsonTextBinaryDumper, _JsonbTextBinaryDumper):
+                    cursor.adapters.register_dumper(None, dumper)  # by OID, for this cursor only
+            try:
+                with cursor.copy(f"COPY {stage} ({quoted}) FROM STDIN{' (FORMAT BINARY)' if binary else ''}") as copy:
+                    if binary:
+                        copy.set_types(oids)
+                    for record in records:
+                        raw, row = record.raw, record.row
+                        copy.write_row(
+                            [row.get(name) for name in value_names]
+                            + [raw.topic, raw.partition, raw.offset, _timestamp(raw.timestamp_ms), record.key]
+                        )
+            except _DUMP_ERRORS as exc:
+                if not binary or getattr(exc, "sqlstate", None):
+                    raise  # the server's answer, or text COPY's own refusal: classified by _translated
+                raise _NotBinaryCopyable(f"{type(exc).__name__}: {exc}") from exc
         return {topic: int(conn.exec_driver_sql(self._statement, {"topic": topic}).rowcount) for topic in topics}
+
+    def _create_stage(self, conn: Connection, names: list[str]) -> list[int]:
+        """Make the staging table in this transaction with the target's column types as they are now (about
+        1 ms), so an operator who widens a column sees replayed rows fit at once, without restarting us;
+        narrow numbers are staged wide (see _STAGED_WIDE). Returns the staged columns' type OIDs, in order."""
+        preparer = conn.dialect.identifier_preparer
+        found = {
+            name: (int(oid), type_sql) for name, oid, type_sql in conn.exec_driver_sql(
+                "SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute "
+                "WHERE attrelid = %(table)s::regclass AND attnum > 0 AND NOT attisdropped",
+                {"table": preparer.quote(self._table_name)},
+            )
+        }
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise FatalError(f"table {self._table_name!r} lacks the columns {missing}")
+        staged = [_STAGED_WIDE.get(found[name][0], found[name]) for name in names]
+        columns = ", ".join(f"{preparer.quote(name)} {type_sql}" for name, (_oid, type_sql) in zip(names, staged, strict=True))
+        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {preparer.quote(self._stage_name())} ({columns}) ON COMMIT DROP")
+        return [oid for oid, _type_sql in staged]
 
     def ping(self) -> None:
         with self._translated(), self._engine.connect() as conn:
