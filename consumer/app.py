@@ -79,6 +79,10 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "session.timeout.ms": settings.kafka_session_timeout_ms,
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
         "statistics.interval.ms": 5000,  # the group's committed offsets for lag before our first commit
+        # Prefetch at most 16 MiB (librdkafka's default 64 MiB): memory bounded by batches, not by backlog.
+        # Draining 300,000 events: peak RSS 166-171 -> 142 MiB, 30,000: 110 -> 111 MiB, records/s unchanged
+        # (43.4k/44.8k -> 43.6k/44.3k); 16 MiB is still over a second of records at full speed.
+        "queued.max.messages.kbytes": 16384,
         "logger": logging.getLogger(KAFKA_LOGGER),
         **kafka_client_config(settings),
     }

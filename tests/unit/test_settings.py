@@ -132,3 +132,13 @@ def test_workers_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str,
 
 def test_workers_defaults_to_one_process() -> None:
     assert load_settings().workers == 1
+
+
+def test_prefetch_is_bounded_by_default_and_kafka_extra_overrides_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory follows the batch size, not the backlog: librdkafka's prefetch queue is capped (16 MiB)."""
+    from consumer.app import consumer_config
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    assert consumer_config(load_settings())["queued.max.messages.kbytes"] == 16384
+    monkeypatch.setenv("KAFKA_EXTRA__QUEUED_MAX_MESSAGES_KBYTES", "65536")
+    assert consumer_config(load_settings())["queued.max.messages.kbytes"] == "65536"
