@@ -6,6 +6,7 @@ Units are converted here (ms -> s), library clients are created here, and nothin
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,12 @@ from consumer.source import KafkaSource, ensure_topic, partition_count
 from consumer.status import StatusBoard
 
 log = logging.getLogger(__name__)
+
+# The poll loop decodes (holding the GIL) while the sink thread waits on the database; each answer the sink
+# thread gets back then waits for the GIL, by default up to 5 ms (sys.getswitchinterval), several times a
+# batch (begin, stage, COPY, INSERT, commit). At 1 ms the two threads overlap: draining 300,000 benchmark
+# events into PostgreSQL went from 44.5k to 55.4k records/s (0.5 ms gave 52.0k).
+GIL_SWITCH_INTERVAL_S = 0.001
 
 # librdkafka's own log lines go through Python logging (served inside poll), so LOG_FORMAT=json holds for them
 KAFKA_LOGGER = "consumer.kafka"
@@ -127,6 +134,7 @@ class Application:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
     def run(self) -> int:
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.server.start()
         try:
             return self.runner.run()
