@@ -240,6 +240,15 @@ def _timestamp(ms: int) -> dt.datetime | None:
     return dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC) if ms >= 0 else None
 
 
+class _Timestamps(dict[int, "dt.datetime | None"]):
+    """`_timestamp` memoised for one batch: records produced together share their millisecond (a backlog
+    holds about a hundred per millisecond), and a lookup costs a tenth of building the datetime."""
+
+    def __missing__(self, ms: int) -> dt.datetime | None:
+        stamp = self[ms] = _timestamp(ms)
+        return stamp
+
+
 class SqlSink:
     """SQLAlchemy Core sink for PostgreSQL and SQLite (the dialects we test)."""
 
@@ -389,6 +398,7 @@ class SqlSink:
         oids = self._create_stage(conn, names)
         binary = self._binary_copy and all(oid in _BINARY_COPYABLE for oid in oids)
         value_names = self._value_names
+        stamps = _Timestamps()
         driver = conn.connection.driver_connection
         assert driver is not None
         with driver.cursor() as cursor:
@@ -403,7 +413,7 @@ class SqlSink:
                         raw, row = record.raw, record.row
                         copy.write_row(
                             [row.get(name) for name in value_names]
-                            + [raw.topic, raw.partition, raw.offset, _timestamp(raw.timestamp_ms), record.key]
+                            + [raw.topic, raw.partition, raw.offset, stamps[raw.timestamp_ms], record.key]
                         )
             except _DUMP_ERRORS as exc:
                 if not binary or getattr(exc, "sqlstate", None):
