@@ -2,7 +2,7 @@
 
 Writes are idempotent by `_idempotency_key`: `insert` keeps the first write (a replay is a no-op),
 `upsert` keeps the highest offset of a partition (an older replay never overwrites a newer row).
-PostgreSQL gets COPY (binary when the values are typed) into a transaction-temporary staging table plus one
+PostgreSQL gets COPY (binary when the values are typed) into a session staging table plus one
 set-based INSERT ... SELECT ... ON CONFLICT; SQLite gets a multi-row INSERT ... ON CONFLICT. Every driver error leaves this module
 classified by SQLSTATE (or SQLite's result code): transient, record-level, or fatal.
 """
@@ -395,7 +395,7 @@ class SqlSink:
         names = [*self._value_names, *META_COLUMNS]
         stage = preparer.quote(self._stage_name())
         quoted = ", ".join(preparer.quote(name) for name in names)
-        oids = self._create_stage(conn, names)
+        oids = self._ensure_stage(conn, names)
         binary = self._binary_copy and all(oid in _BINARY_COPYABLE for oid in oids)
         value_names = self._value_names
         stamps = _Timestamps()
@@ -421,25 +421,40 @@ class SqlSink:
                 raise _NotBinaryCopyable(f"{type(exc).__name__}: {exc}") from exc
         return {topic: int(conn.exec_driver_sql(self._statement, {"topic": topic}).rowcount) for topic in topics}
 
-    def _create_stage(self, conn: Connection, names: list[str]) -> list[int]:
-        """Make the staging table in this transaction with the target's column types as they are now (about
-        1 ms), so an operator who widens a column sees replayed rows fit at once, without restarting us;
-        narrow numbers are staged wide (see _STAGED_WIDE). Returns the staged columns' type OIDs, in order."""
+    def _ensure_stage(self, conn: Connection, names: list[str]) -> list[int]:
+        """The staging table of this session, with the target's column types as they are now (narrow numbers
+        staged wide, see _STAGED_WIDE); returns the staged columns' type OIDs, in order.
+
+        It lives as long as the connection and is emptied at every commit (ON COMMIT DELETE ROWS). Each
+        transaction reads the target's and the stage's columns from the catalog in one round trip and makes
+        the stage anew only when they differ: an operator who widens a column sees replayed rows fit at once,
+        without restarting us, and a batch costs no DDL (a table made and dropped per batch cost PostgreSQL
+        CPU on every batch and kept its catalog churning)."""
         preparer = conn.dialect.identifier_preparer
-        found = {
-            name: (int(oid), type_sql) for name, oid, type_sql in conn.exec_driver_sql(
-                "SELECT attname, atttypid, format_type(atttypid, atttypmod) FROM pg_attribute "
-                "WHERE attrelid = %(table)s::regclass AND attnum > 0 AND NOT attisdropped",
-                {"table": preparer.quote(self._table_name)},
-            )
-        }
-        missing = [name for name in names if name not in found]
+        stage = f"pg_temp.{preparer.quote(self._stage_name())}"
+        target: dict[str, tuple[int, str]] = {}
+        staged_now: list[tuple[str, str]] = []
+        for is_target, name, oid, type_sql in conn.exec_driver_sql(
+            "SELECT attrelid = %(table)s::regclass, attname, atttypid, format_type(atttypid, atttypmod) "
+            "FROM pg_attribute WHERE attrelid IN (%(table)s::regclass, to_regclass(%(stage)s)) "
+            "AND attnum > 0 AND NOT attisdropped ORDER BY attrelid, attnum",
+            {"table": preparer.quote(self._table_name), "stage": stage},
+        ):
+            if is_target:
+                target[name] = (int(oid), type_sql)
+            else:
+                staged_now.append((name, type_sql))
+        missing = [name for name in names if name not in target]
         if missing:
             raise FatalError(f"table {self._table_name!r} lacks the columns {missing}")
-        staged = [_STAGED_WIDE.get(found[name][0], found[name]) for name in names]
-        columns = ", ".join(f"{preparer.quote(name)} {type_sql}" for name, (_oid, type_sql) in zip(names, staged, strict=True))
-        conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {preparer.quote(self._stage_name())} ({columns}) ON COMMIT DROP")
-        return [oid for oid, _type_sql in staged]
+        wanted = [_STAGED_WIDE.get(target[name][0], target[name]) for name in names]
+        if staged_now != [(name, type_sql) for name, (_oid, type_sql) in zip(names, wanted, strict=True)]:
+            columns = ", ".join(
+                f"{preparer.quote(name)} {type_sql}" for name, (_oid, type_sql) in zip(names, wanted, strict=True))
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
+            conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {preparer.quote(self._stage_name())} ({columns}) "
+                                 "ON COMMIT DELETE ROWS")
+        return [oid for oid, _type_sql in wanted]
 
     def ping(self) -> None:
         with self._translated(), self._engine.connect() as conn:
