@@ -60,6 +60,7 @@ def ratios(phases: Mapping[str, PhaseResult], latency: Mapping[str, Any], batch_
         "service/consume_ceiling": _ratio(service, consume),
         "service/decode_ceiling": _ratio(service, decode),
         "service/sink_ceiling": _ratio(service, sink),
+        "service_workers_2/ceiling": _ratio(phases["service_workers_2"].rps, limiting[1]),
         "service_decoder/decode_ceiling": _ratio(phases["service_decoder"].rps, decode),
         "service_sink/sink_ceiling": _ratio(phases["service_sink"].rps, sink),
         "workers_2/workers_1": _ratio(workers2, workers1),
@@ -209,7 +210,7 @@ def chart(path: Path, phases: Mapping[str, PhaseResult], latencies_ms: Sequence[
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.8))
     for name, style in (("consume_ceiling", ":"), ("decode_ceiling", ":"), ("sink_ceiling", ":"),
-                        ("service", "-"), ("workers_1", "--"), ("workers_2", "--")):
+                        ("service", "-"), ("service_workers_2", "-"), ("workers_1", "--"), ("workers_2", "--")):
         phase = phases.get(name)
         if phase is None or not phase.series:
             continue

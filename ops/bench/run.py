@@ -175,6 +175,15 @@ def _phases(
     with ui.phase("service drains the backlog", n) as tick:
         phases["service"] = service.drain(spec, bootstrap, ends, total_bytes, workdir, tick)
     _check_rows(config.database_url, spec.table, distinct_events(n), phases["service"])
+    # The same drain by two worker processes: what a pod with two cores gets, the database still in.
+    pg_workers_spec = service.ServiceSpec(
+        "service_workers_2", "service WORKERS=2, PostgreSQL", main_topic, f"bench-{run_id}-service-workers-2",
+        db.named(config.database_url, f"bench-{tag}-service-workers-2"), f"bench_{tag}_service_workers_2",
+        env={"WORKERS": "2"})
+    tables.append(pg_workers_spec.table)
+    with ui.phase("service WORKERS=2 drains the backlog", n) as tick:
+        phases["service_workers_2"] = service.drain(pg_workers_spec, bootstrap, ends, total_bytes, workdir, tick)
+    _check_rows(config.database_url, pg_workers_spec.table, distinct_events(n), phases["service_workers_2"])
     small_spec = service.ServiceSpec("memory_small", f"service, {len(small):,}-record backlog (memory)",
                                      small_topic, f"bench-{run_id}-small", db.named(config.database_url, f"bench-{tag}-small"),
                                      f"bench_{tag}_small")

@@ -26,7 +26,7 @@ LAST_LINE = re.compile(
     r"rss_ratio=(?P<rss_ratio>\d+\.\d+)$"
 )
 PHASES = ("consume_ceiling", "decode_ceiling", "service_decoder", "sink_ceiling", "service_sink", "service",
-          "memory_small", "latency", "workers_1", "workers_2")
+          "service_workers_2", "memory_small", "latency", "workers_1", "workers_2")
 _BENCH_TIMEOUT_S = 540
 
 
@@ -79,8 +79,9 @@ def test_bench_service_commits_everything_produced_and_writes_each_key_once(
     small = phases["memory_small"]
     assert small["committed"] == small["end_offsets"] and sum(small["end_offsets"].values()) == SMALL
     assert small["rows"] == SMALL - SMALL // 100
-    for name in ("workers_1", "workers_2"):
+    for name in ("workers_1", "workers_2", "service_workers_2"):
         assert phases[name]["committed"] == service["end_offsets"], name
+    assert phases["service_workers_2"]["rows"] == DISTINCT
 
 
 @pytest.mark.timeout(_BENCH_TIMEOUT_S + 60)
@@ -106,7 +107,7 @@ def test_bench_writes_json_and_chart_with_machine_and_versions(bench_run: tuple[
         document["versions"])
     assert document["settings"]["BENCH_RECORDS"] == RECORDS
     assert {"service/ceiling", "service_decoder/decode_ceiling", "service_sink/sink_ceiling",
-            "workers_2/workers_1", "rss_ratio", "p99_ms"} <= set(document["ratios"])
+            "workers_2/workers_1", "service_workers_2/ceiling", "rss_ratio", "p99_ms"} <= set(document["ratios"])
     assert "ratios:" in done.stdout
 
 
