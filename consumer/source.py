@@ -77,14 +77,18 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+_new_tuple = tuple.__new__
+
+
 def _to_raw(message: Message) -> RawRecord:
+    """Once per record: built with tuple.__new__, skipping the NamedTuple's Python-level __new__."""
     timestamp_type, timestamp = message.timestamp()
-    headers: Any = message.headers() or ()
-    return RawRecord(
+    headers: Any = message.headers()
+    return _new_tuple(RawRecord, (
         message.topic() or "", message.partition() or 0, message.offset() or 0,
         timestamp if timestamp_type else -1,
-        message.key(), message.value(), tuple(headers),
-    )
+        message.key(), message.value(), tuple(headers) if headers else (),
+    ))
 
 
 class KafkaSource:

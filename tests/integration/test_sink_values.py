@@ -168,3 +168,18 @@ def test_a_column_type_outside_the_binary_set_is_written_with_text_copy(sink_url
         with connect(sink_url) as conn:
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {sink_table}")
             conn.exec_driver_sql(f"DROP DOMAIN IF EXISTS {domain}")
+
+
+@POSTGRES
+@pytest.mark.parametrize("typed", [True, False], ids=["binary", "text"])
+def test_a_row_without_a_newer_column_writes_null_there(sink_url: str, sink_table: str, typed: bool) -> None:
+    """Without a reader schema, records of an older writer schema lack the columns a newer one added."""
+    columns = [ColumnSpec("name", ColumnKind.TEXT, True), ColumnSpec("added", ColumnKind.BIGINT, True)]
+    sink = SqlSink(create_sink_engine(sink_url, None), sink_table, upsert=False, typed_values=typed)
+    try:
+        sink.prepare(columns)
+        rows = [{"name": "new", "added": 7}, {"name": "old"}]
+        assert sink.write([_record(i, row) for i, row in enumerate(rows)]).written == {"t": 2}
+        assert fetch(sink_url, f"SELECT name, added FROM {sink_table} ORDER BY _kafka_offset") == [("new", 7), ("old", None)]
+    finally:
+        sink.close()
