@@ -6,7 +6,6 @@ Units stay in the names (`_ms`, `_s`, `_bytes`); conversion happens where compon
 
 from __future__ import annotations
 
-import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -23,6 +22,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from consumer.cpus import usable_cpus
 from consumer.errors import ConfigError
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -139,7 +139,8 @@ class Settings(BaseSettings):
     log_format: LogFormat = Field(LogFormat.JSON, description="`json` or `text`.")
     log_summary_interval_s: PositiveInt = Field(60, description="Period of the INFO summary line, s.")
     workers: PositiveInt = Field(
-        1, description="Consumer processes per pod under one `run` supervisor; `auto` = os.cpu_count()."
+        1, description="Consumer processes per pod under one `run` supervisor; `auto` = the CPUs this process may use "
+        "(a container's CPU limit, the affinity mask)."
     )
 
     @field_validator("consumer_topics", mode="before")
@@ -163,7 +164,7 @@ class Settings(BaseSettings):
     @classmethod
     def _workers_auto(cls, value: Any) -> Any:
         if isinstance(value, str) and value.strip().lower() == "auto":
-            return os.cpu_count() or 1
+            return usable_cpus()
         if isinstance(value, str) and not value.strip().isdigit():
             raise ValueError("must be a positive integer or `auto`")
         return value

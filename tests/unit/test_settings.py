@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.cpus import usable_cpus
 from consumer.errors import ConfigError
 from consumer.settings import Settings, load_settings
 
@@ -123,8 +124,8 @@ def test_every_contract_variable_is_a_settings_field() -> None:
     assert missing == []
 
 
-@pytest.mark.parametrize(("value", "expected"), [("3", 3), (" 2 ", 2), ("auto", os.cpu_count() or 1),
-                                                 ("AUTO", os.cpu_count() or 1)])
+@pytest.mark.parametrize(("value", "expected"), [("3", 3), (" 2 ", 2), ("auto", usable_cpus()),
+                                                 ("AUTO", usable_cpus())])
 def test_workers_is_a_count_or_auto(monkeypatch: pytest.MonkeyPatch, value: str, expected: int) -> None:
     monkeypatch.setenv("WORKERS", value)
     assert load_settings().workers == expected
