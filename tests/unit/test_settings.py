@@ -135,11 +135,13 @@ def test_workers_defaults_to_one_process() -> None:
     assert load_settings().workers == 1
 
 
-def test_prefetch_is_bounded_by_default_and_kafka_extra_overrides_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Memory follows the batch size, not the backlog: librdkafka's prefetch queue is capped (16 MiB)."""
+def test_prefetch_and_fetch_wait_are_bounded_by_default_and_kafka_extra_overrides_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory follows the batch size, not the backlog: librdkafka's prefetch queue is capped (16 MiB); a fetch
+    waits at most 100 ms at the broker (latency)."""
     from consumer.app import consumer_config
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     assert consumer_config(load_settings())["queued.max.messages.kbytes"] == 16384
+    assert consumer_config(load_settings())["fetch.wait.max.ms"] == 100
     monkeypatch.setenv("KAFKA_EXTRA__QUEUED_MAX_MESSAGES_KBYTES", "65536")
     assert consumer_config(load_settings())["queued.max.messages.kbytes"] == "65536"
