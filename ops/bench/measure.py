@@ -29,6 +29,7 @@ class PhaseResult:
     cpu_seconds: float | None = None
     db_cpu_seconds: float | None = None
     peak_rss_bytes: int | None = None
+    broker_cpu_seconds: float | None = None  # the bundled broker's process, during the timed part
     series: list[tuple[float, int]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -50,6 +51,11 @@ class PhaseResult:
             return None
         return self.db_cpu_seconds * 1_000_000 / self.records
 
+    def broker_cpu_per_million(self) -> float | None:
+        if self.broker_cpu_seconds is None or not self.records:
+            return None
+        return self.broker_cpu_seconds * 1_000_000 / self.records
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "label": self.label,
@@ -62,6 +68,8 @@ class PhaseResult:
             "cpu_s_per_million": _round(self.cpu_per_million()),
             "db_cpu_seconds": _round(self.db_cpu_seconds),
             "db_cpu_s_per_million": _round(self.db_cpu_per_million()),
+            "broker_cpu_seconds": _round(self.broker_cpu_seconds),
+            "broker_cpu_s_per_million": _round(self.broker_cpu_per_million()),
             "peak_rss_bytes": self.peak_rss_bytes,
             "series": [[round(t, 3), n] for t, n in downsample(self.series, _SERIES_POINTS)],
             **self.extra,

@@ -65,10 +65,29 @@ def ratios(phases: Mapping[str, PhaseResult], latency: Mapping[str, Any], batch_
         "service_sink/sink_ceiling": _ratio(phases["service_sink"].rps, sink),
         "workers_2/workers_1": _ratio(workers2, workers1),
         "rss_ratio": _ratio(phases["service"].peak_rss_bytes or 0, phases["memory_small"].peak_rss_bytes or 0),
+        **cpu_budget(phases, limiting[1]),
         "p99_ms": latency["p99_ms"],
         "p99_target_ms": latency_target,
         "p99/target": _ratio(latency["p99_ms"], latency_target),
     }
+
+
+def cpu_budget(phases: Mapping[str, PhaseResult], ceiling_rps: float) -> dict[str, Any]:
+    """What the CPU seconds per million records allow on this machine's cores: the single process at one core
+    (its Python work holds the GIL), WORKERS=2 with its database and broker on all of them, and the CPU per
+    million records that 0.8 x the ceiling would leave for everything."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    service, workers = phases["service"].cpu_per_million(), phases["service_workers_2"]
+    together = [workers.cpu_per_million(), workers.db_cpu_per_million(), workers.broker_cpu_per_million()]
+    figures: dict[str, Any] = {"cores": cores}
+    if service:
+        figures["service_max_rps_at_one_core"] = round(1e6 / service)
+    if all(together):
+        figures["workers_2_cpu_s_per_million_with_db_and_broker"] = round(sum(x for x in together if x), 1)
+        figures["workers_2_max_rps_on_all_cores"] = round(cores * 1e6 / sum(x for x in together if x))
+    if ceiling_rps:
+        figures["cpu_s_per_million_allowed_at_0.8_ceiling"] = round(cores * 1e6 / (0.8 * ceiling_rps), 1)
+    return figures
 
 
 def _ratio(a: float, b: float) -> float:
@@ -97,13 +116,15 @@ def parse_last_line(line: str) -> dict[str, float]:
 def table(phases: Sequence[PhaseResult]) -> Table:
     out = Table(title="make bench", title_justify="left")
     for name, justify in (("phase", "left"), ("records", "right"), ("records/s", "right"), ("MB/s", "right"),
-                          ("CPU s / M rec", "right"), ("DB CPU s / M rec", "right"), ("peak RSS MiB", "right"),
+                          ("CPU s / M rec", "right"), ("DB CPU s / M rec", "right"), ("broker CPU s / M rec", "right"),
+                          ("peak RSS MiB", "right"),
                           ("group join s", "right")):
         out.add_column(name, justify=justify)  # type: ignore[arg-type]
     for phase in phases:
         out.add_row(
             phase.label, f"{phase.records:,}", f"{phase.rps:,.0f}", f"{phase.mbps:.1f}",
             _maybe(phase.cpu_per_million(), "{:.1f}"), _maybe(phase.db_cpu_per_million(), "{:.1f}"),
+            _maybe(phase.broker_cpu_per_million(), "{:.1f}"),
             _maybe(phase.peak_rss_bytes / MIB if phase.peak_rss_bytes else None, "{:.0f}"),
             _maybe(phase.extra.get("group_join_s"), "{:.1f}"),
         )
@@ -112,12 +133,13 @@ def table(phases: Sequence[PhaseResult]) -> Table:
 
 def markdown_table(phases: Sequence[PhaseResult]) -> str:
     """The same table in Markdown, for the README."""
-    lines = ["| phase | records | records/s | MB/s | CPU s / M rec | DB CPU s / M rec | peak RSS MiB |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [("| phase | records | records/s | MB/s | CPU s / M rec | DB CPU s / M rec | broker CPU s / M rec | "
+              "peak RSS MiB |"),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for p in phases:
         lines.append(
             f"| {p.label} | {p.records:,} | {p.rps:,.0f} | {p.mbps:.1f} | {_maybe(p.cpu_per_million(), '{:.1f}')} | "
-            f"{_maybe(p.db_cpu_per_million(), '{:.1f}')} | "
+            f"{_maybe(p.db_cpu_per_million(), '{:.1f}')} | {_maybe(p.broker_cpu_per_million(), '{:.1f}')} | "
             f"{_maybe(p.peak_rss_bytes / MIB if p.peak_rss_bytes else None, '{:.0f}')} |"
         )
     return "\n".join(lines)

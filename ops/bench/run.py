@@ -90,10 +90,10 @@ def _run(config: BenchConfig, ui: _Phases, err: Console) -> tuple[dict[str, Any]
     tables: list[str] = []
     topics: list[str] = []
     try:
-        with broker(config.bootstrap, workdir) as (bootstrap, broker_name):
+        with broker(config.bootstrap, workdir) as (bootstrap, broker_name, broker_pid):
             server_version = _server_version(config.database_url)
             try:
-                phases, latency = _phases(config, ui, bootstrap, run_id, tag, workdir, tables, topics)
+                phases, latency = _phases(config, ui, bootstrap, broker_pid, run_id, tag, workdir, tables, topics)
             finally:
                 _drop_tables(config.database_url, tables)
                 if config.bootstrap:
@@ -131,7 +131,7 @@ def _run(config: BenchConfig, ui: _Phases, err: Console) -> tuple[dict[str, Any]
 
 
 def _phases(
-    config: BenchConfig, ui: _Phases, bootstrap: str, run_id: str, tag: str, workdir: Path,
+    config: BenchConfig, ui: _Phases, bootstrap: str, broker_pid: int | None, run_id: str, tag: str, workdir: Path,
     tables: list[str], topics: list[str],
 ) -> tuple[dict[str, PhaseResult], dict[str, Any]]:
     n, parts = config.records, config.partitions
@@ -173,7 +173,7 @@ def _phases(
                                db.named(config.database_url, f"bench-{tag}-service"), f"bench_{tag}_service")
     tables.append(spec.table)
     with ui.phase("service drains the backlog", n) as tick:
-        phases["service"] = service.drain(spec, bootstrap, ends, total_bytes, workdir, tick)
+        phases["service"] = service.drain(spec, bootstrap, ends, total_bytes, workdir, tick, broker_pid)
     _check_rows(config.database_url, spec.table, distinct_events(n), phases["service"])
     # The same drain by two worker processes: what a pod with two cores gets, the database still in.
     pg_workers_spec = service.ServiceSpec(
@@ -182,7 +182,8 @@ def _phases(
         env={"WORKERS": "2"})
     tables.append(pg_workers_spec.table)
     with ui.phase("service WORKERS=2 drains the backlog", n) as tick:
-        phases["service_workers_2"] = service.drain(pg_workers_spec, bootstrap, ends, total_bytes, workdir, tick)
+        phases["service_workers_2"] = service.drain(pg_workers_spec, bootstrap, ends, total_bytes, workdir, tick,
+                                                    broker_pid)
     _check_rows(config.database_url, pg_workers_spec.table, distinct_events(n), phases["service_workers_2"])
     small_spec = service.ServiceSpec("memory_small", f"service, {len(small):,}-record backlog (memory)",
                                      small_topic, f"bench-{run_id}-small", db.named(config.database_url, f"bench-{tag}-small"),

@@ -69,9 +69,12 @@ class ServiceSpec:
 
 
 class ServiceProcess:
-    """A started service, its log in `workdir/<name>.log`, and what has been observed of it."""
+    """A started service, its log in `workdir/<name>.log`, and what has been observed of it (with the
+    bundled broker's CPU beside it when `broker_pid` is given)."""
 
-    def __init__(self, spec: ServiceSpec, bootstrap: str, partitions: int, workdir: Path) -> None:
+    def __init__(
+        self, spec: ServiceSpec, bootstrap: str, partitions: int, workdir: Path, broker_pid: int | None = None
+    ) -> None:
         self.spec = spec
         self.port = _free_port()
         workdir.mkdir(parents=True, exist_ok=True)
@@ -87,6 +90,9 @@ class ServiceProcess:
         self.peak_rss = 0
         self.ready_at: float | None = None
         self.cpu_at_ready: float | None = None
+        self._broker = psutil.Process(broker_pid) if broker_pid is not None else None
+        self.broker_cpu: float | None = None  # at the last sample
+        self.broker_cpu_at_start: float | None = None  # when the drain's clock started (at /readyz)
         self.last_metrics: dict[str, float] = {}
         self._last_scrape = 0.0
 
@@ -95,6 +101,8 @@ class ServiceProcess:
         """RSS and CPU of the process tree now; returns the CPU seconds so far."""
         rss, cpu = tree_sample(tree(self._ps))
         self.peak_rss = max(self.peak_rss, rss)
+        if self._broker is not None:
+            self.broker_cpu = tree_sample([self._broker])[1]
         return cpu
 
     def check_alive(self) -> None:
@@ -107,6 +115,7 @@ class ServiceProcess:
         if self.ready_at is None and self._get("/readyz")[0] == 200:
             self.ready_at = time.monotonic()
             self.cpu_at_ready = self.sample()
+            self.broker_cpu_at_start = self.broker_cpu
         return self.ready_at is not None
 
     def wait_ready(self) -> None:
@@ -175,15 +184,18 @@ class ServiceProcess:
 
 
 def drain(
-    spec: ServiceSpec, bootstrap: str, ends: EndOffsets, value_bytes: int, workdir: Path, progress: Progress
+    spec: ServiceSpec, bootstrap: str, ends: EndOffsets, value_bytes: int, workdir: Path, progress: Progress,
+    broker_pid: int | None = None,
 ) -> PhaseResult:
     """Start the service on a backlog and time it from its first record (the group joined, /readyz 200)
     until the committed offsets equal the end offsets; the join is reported apart."""
-    service = ServiceProcess(spec, bootstrap, len(ends), workdir)
+    service = ServiceProcess(spec, bootstrap, len(ends), workdir, broker_pid)
     expected = sum(ends.values())
     series: list[tuple[float, int]] = []
     try:
         committed, first_at, base, cpu0, done_at, cpu1 = _watch_until(service, ends, series, progress)
+        broker_cpu = (service.broker_cpu - service.broker_cpu_at_start
+                      if service.broker_cpu is not None and service.broker_cpu_at_start is not None else None)
         db = backend_cpu_seconds(spec.sink_url) if spec.sink_url.startswith("postgres") else None
         service.scrape(force=True)
     finally:
@@ -194,7 +206,7 @@ def drain(
     counted = expected - base
     return PhaseResult(
         spec.name, spec.label, counted, value_bytes * counted // max(1, expected), done_at - first_at, cpu1 - cpu0,
-        db, peak_rss_bytes=service.peak_rss,
+        db, peak_rss_bytes=service.peak_rss, broker_cpu_seconds=broker_cpu,
         series=[(t - first_at, n - base) for t, n in series],
         extra={"group_join_s": round(join_s, 3), "committed": committed, "end_offsets": dict(ends),
                "exit_code": code, "metrics": service.last_metrics, "settings": dict(spec.env)},
@@ -220,6 +232,7 @@ def _watch_until(
             first_at, cpu0 = service.ready_at or now, service.cpu_at_ready or cpu
         if first_at is None and total > 0:  # committed before /readyz was seen: start the clock here
             first_at, base, cpu0 = now, total, cpu
+            service.broker_cpu_at_start = service.broker_cpu
         if first_at is not None:
             series.append((now, total))
         if total != last_total:

@@ -93,3 +93,19 @@ def test_distinct_events_counts_the_event_ids_actually_encoded(records: int) -> 
 def test_events_are_about_300_bytes() -> None:
     sizes = [len(value) for value in encoded_values(1000, parsed_schema())]
     assert 280 <= sum(sizes) / len(sizes) <= 330
+
+
+def test_cpu_budget_of_one_process_and_of_two_workers_with_their_database_and_broker() -> None:
+    from ops.bench.report import cpu_budget
+
+    service = PhaseResult("service", "s", 1_000_000, 0, 20.0, cpu_seconds=16.0, db_cpu_seconds=9.0)
+    workers = PhaseResult("service_workers_2", "w", 1_000_000, 0, 15.0, cpu_seconds=15.0, db_cpu_seconds=9.0,
+                          broker_cpu_seconds=1.0)
+    figures = cpu_budget({"service": service, "service_workers_2": workers}, 100_000)
+    cores = figures["cores"]
+    assert figures["service_max_rps_at_one_core"] == 62_500
+    assert figures["workers_2_cpu_s_per_million_with_db_and_broker"] == 25.0
+    assert figures["workers_2_max_rps_on_all_cores"] == round(cores * 1e6 / 25.0)
+    assert figures["cpu_s_per_million_allowed_at_0.8_ceiling"] == round(cores * 1e6 / 80_000, 1)
+    external = PhaseResult("service_workers_2", "w", 1_000_000, 0, 15.0, cpu_seconds=15.0, db_cpu_seconds=9.0)
+    assert "workers_2_max_rps_on_all_cores" not in cpu_budget({"service": service, "service_workers_2": external}, 1)
