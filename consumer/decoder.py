@@ -119,7 +119,7 @@ class RegistryAvroDecoder:
     ) -> None:
         self._registry = registry
         self._reader_columns = columns_of(reader) if reader is not None else None
-        self._reader_schema = reader
+        self._reader_float_free = float_free_fields(reader) if reader is not None else None
         self._reader = reading_uuids_as_text(reader) if reader is not None else None  # as values are read
         base = reader if reader is not None else initial
         self._columns: dict[str, ColumnSpec] = {c.name: c for c in columns_of(base)} if base else {}
@@ -152,7 +152,7 @@ class RegistryAvroDecoder:
         except (SchemaParseException, ValueError, TypeError) as exc:
             raise DecodeError(f"schema id {schema_id} cannot be parsed: {exc}") from None
         columns = self._reader_columns if self._reader_columns is not None else columns_of(writer)
-        float_free = float_free_fields(self._reader_schema if self._reader_schema is not None else writer)
+        float_free = self._reader_float_free if self._reader_float_free is not None else float_free_fields(writer)
         writer = reading_uuids_as_text(writer)
         if self._reader is None:
             self._columns = merge_columns(self._columns, columns)

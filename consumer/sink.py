@@ -213,13 +213,15 @@ class _UuidTextBinaryDumper(Dumper):
 
 
 class _JsonTextBinaryDumper(Dumper):
-    """JSON cells arrive as JSON text; psycopg's own would encode the text again as one JSON string."""
+    """JSON cells arrive as JSON text; psycopg's own would encode the text again as one JSON string. Anything
+    but text raises AttributeError here, which sends the batch to text COPY (_DUMP_ERRORS)."""
 
     format = Format.BINARY
     oid = _JSON
 
     def dump(self, obj: Any) -> bytes:
-        return obj.encode() if isinstance(obj, str) else bytes(obj)
+        encoded: bytes = obj.encode()
+        return encoded
 
 
 class _JsonbTextBinaryDumper(_JsonTextBinaryDumper):
@@ -463,9 +465,9 @@ class SqlSink:
         if missing:
             raise FatalError(f"table {self._table_name!r} lacks the columns {missing}")
         wanted = [_STAGED_WIDE.get(target[name][0], target[name]) for name in names]
-        if staged_now != [(name, type_sql) for name, (_oid, type_sql) in zip(names, wanted, strict=True)]:
-            columns = ", ".join(
-                f"{preparer.quote(name)} {type_sql}" for name, (_oid, type_sql) in zip(names, wanted, strict=True))
+        wanted_columns = [(name, type_sql) for name, (_oid, type_sql) in zip(names, wanted, strict=True)]
+        if staged_now != wanted_columns:
+            columns = ", ".join(f"{preparer.quote(name)} {type_sql}" for name, type_sql in wanted_columns)
             conn.exec_driver_sql(f"DROP TABLE IF EXISTS {stage}")
             conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {preparer.quote(self._stage_name())} ({columns}) "
                                  "ON COMMIT DELETE ROWS")

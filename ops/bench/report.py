@@ -17,6 +17,7 @@ import psutil
 from rich.console import Console
 from rich.table import Table
 
+from consumer.cpus import usable_cpus
 from ops.bench.config import REPO
 from ops.bench.measure import MIB, PhaseResult, rate_series
 
@@ -76,15 +77,16 @@ def cpu_budget(phases: Mapping[str, PhaseResult], ceiling_rps: float) -> dict[st
     """What the CPU seconds per million records allow on this machine's cores: the single process at one core
     (its Python work holds the GIL), WORKERS=2 with its database and broker on all of them, and the CPU per
     million records that 0.8 x the ceiling would leave for everything."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = usable_cpus()
     service, workers = phases["service"].cpu_per_million(), phases["service_workers_2"]
-    together = [workers.cpu_per_million(), workers.db_cpu_per_million(), workers.broker_cpu_per_million()]
+    parts = [workers.cpu_per_million(), workers.db_cpu_per_million(), workers.broker_cpu_per_million()]
     figures: dict[str, Any] = {"cores": cores}
     if service:
         figures["service_max_rps_at_one_core"] = round(1e6 / service)
-    if all(together):
-        figures["workers_2_cpu_s_per_million_with_db_and_broker"] = round(sum(x for x in together if x), 1)
-        figures["workers_2_max_rps_on_all_cores"] = round(cores * 1e6 / sum(x for x in together if x))
+    together = [part for part in parts if part]
+    if len(together) == len(parts):
+        figures["workers_2_cpu_s_per_million_with_db_and_broker"] = round(sum(together), 1)
+        figures["workers_2_max_rps_on_all_cores"] = round(cores * 1e6 / sum(together))
     if ceiling_rps:
         figures["cpu_s_per_million_allowed_at_0.8_ceiling"] = round(cores * 1e6 / (0.8 * ceiling_rps), 1)
     return figures
