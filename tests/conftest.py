@@ -53,9 +53,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """SQLAlchemy URL of the run's PostgreSQL (see support.services.postgres_url)."""
-    with services.postgres_url() as url:
+    with services.postgres_url(tmp_path_factory.mktemp("postgres")) as url:
         yield url
 
 

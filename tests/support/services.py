@@ -2,8 +2,9 @@
 
 Resolution follows confluent-kafka-python's integration conftest: an explicit address from the environment,
 else a container if a Docker engine answers, else a bundled Kafka-compatible binary (Tansu) for Kafka and
-the local PostgreSQL for the database. What cannot be had skips the tests needing it with the reason, or fails
-them under REQUIRE_KAFKA=1 / REQUIRE_POSTGRES=1 so CI cannot go green by skipping everything.
+a private PostgreSQL cluster (initdb) for the database. What cannot be had skips the tests needing it with
+the reason, or fails them under REQUIRE_KAFKA=1 / REQUIRE_POSTGRES=1 so CI cannot go green by skipping
+everything.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NoReturn, Self
@@ -24,11 +25,17 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaException
 
+from ops.testbed.postgres import (
+    PostgresCluster,
+    PostgresTestbedError,
+    postgres_unavailable_reason,
+    private_postgres,
+)
+
 from .db import can_connect
 from .kafka import admin
 from .service import free_port
 
-LOCAL_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 _DOCKER_PING_TIMEOUT_S = 2
 _KAFKA_ANSWER_TIMEOUT_S = 15.0
 _TANSU_STOP_TIMEOUT_S = 10.0
@@ -159,24 +166,36 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @contextmanager
-def postgres_url() -> Iterator[str]:
-    """The run's PostgreSQL: TEST_DATABASE_URL (or TEST_POSTGRES_URL), the local one, or a container."""
+def postgres_url(log_dir: Path | None = None) -> Iterator[str]:
+    """The run's PostgreSQL: TEST_DATABASE_URL (or TEST_POSTGRES_URL), a private cluster made with initdb
+    (its log in `log_dir`, kept after the run), or a container."""
     explicit = os.environ.get("TEST_DATABASE_URL") or os.environ.get("TEST_POSTGRES_URL")
     if explicit:
         if not can_connect(explicit):
             shown = sa.make_url(explicit).render_as_string(hide_password=True)
             unavailable(f"TEST_DATABASE_URL/TEST_POSTGRES_URL={shown} does not connect", "REQUIRE_POSTGRES")
         yield explicit
-    elif can_connect(LOCAL_POSTGRES_URL):
-        yield LOCAL_POSTGRES_URL
+    elif (missing := postgres_unavailable_reason()) is None:
+        with private_postgres_cluster(log_dir) as cluster:
+            yield cluster.url
     elif docker_answers():
         with _postgres_container() as url:
             yield url
     else:
-        unavailable(
-            f"no PostgreSQL: no TEST_DATABASE_URL, {LOCAL_POSTGRES_URL} refused, no Docker",
-            "REQUIRE_POSTGRES",
-        )
+        unavailable(f"no PostgreSQL: no TEST_DATABASE_URL, {missing}, no Docker", "REQUIRE_POSTGRES")
+
+
+@contextmanager
+def private_postgres_cluster(log_dir: Path | None = None) -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of one's own (ops/testbed/postgres.py), for tests that stop and start it; logs to
+    `log_dir/postgres.log` when given. Skips, or fails under REQUIRE_POSTGRES=1, when it cannot start."""
+    log_path = log_dir / "postgres.log" if log_dir is not None else None
+    with ExitStack() as stack:
+        try:
+            cluster = stack.enter_context(private_postgres(log_path=log_path))
+        except PostgresTestbedError as exc:
+            unavailable(f"private PostgreSQL did not start: {exc}", "REQUIRE_POSTGRES")
+        yield cluster
 
 
 @contextmanager
