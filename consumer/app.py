@@ -40,7 +40,7 @@ from consumer.registry import SchemaRegistryClient
 from consumer.retry import Backoff
 from consumer.runner import Runner
 from consumer.schema import AvroSchema, field_names, load_schema_file, parse_schema
-from consumer.settings import Settings, ValueFormat, WriteMode
+from consumer.settings import GroupProtocol, Settings, ValueFormat, WriteMode
 from consumer.sink import SqlSink, create_sink_engine
 from consumer.source import KafkaSource, ensure_topic, partition_count
 from consumer.status import StatusBoard
@@ -82,8 +82,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",  # a new group sinks the whole topic, as a sink connector would
-        "partition.assignment.strategy": "cooperative-sticky",
-        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        **group_protocol_config(settings),
         "max.poll.interval.ms": settings.kafka_max_poll_interval_ms,
         "statistics.interval.ms": 5000,  # the group's committed offsets for lag before our first commit
         # Prefetch at most 16 MiB (librdkafka's default 64 MiB): memory bounded by batches, not by backlog.
@@ -96,6 +95,18 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "fetch.wait.max.ms": 100,
         "logger": logging.getLogger(KAFKA_LOGGER),
         **kafka_client_config(settings),
+    }
+
+
+def group_protocol_config(settings: Settings) -> dict[str, Any]:
+    """Membership properties: with KIP-848 (`consumer`) the broker assigns partitions and owns the session,
+    and librdkafka refuses the classic protocol's assignment strategy and session timeout."""
+    if settings.kafka_group_protocol is GroupProtocol.CONSUMER:
+        return {"group.protocol": "consumer"}
+    return {
+        "group.protocol": "classic",
+        "partition.assignment.strategy": "cooperative-sticky",
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
     }
 
 

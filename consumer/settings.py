@@ -65,6 +65,13 @@ class LogLevel(StrEnum):
     ERROR = "ERROR"
 
 
+class GroupProtocol(StrEnum):
+    """librdkafka `group.protocol`: the classic rebalance protocol, or KIP-848's broker-driven one."""
+
+    CLASSIC = "classic"
+    CONSUMER = "consumer"
+
+
 class SecurityProtocol(StrEnum):
     PLAINTEXT = "PLAINTEXT"
     SSL = "SSL"
@@ -92,7 +99,14 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="sasl.username")
     kafka_sasl_password: SecretStr | None = Field(None, description="sasl.password; never logged.")
     kafka_ssl_ca_location: FilePath | None = Field(None, description="CA bundle for TLS brokers.")
-    kafka_session_timeout_ms: PositiveInt = Field(45000, description="Consumer group session timeout, ms.")
+    kafka_group_protocol: GroupProtocol = Field(
+        GroupProtocol.CLASSIC,
+        description="`classic` (cooperative-sticky assignment) or `consumer` (KIP-848: the broker assigns, "
+        "its group.consumer.* settings own session and heartbeat; Kafka 4.0+).",
+    )
+    kafka_session_timeout_ms: PositiveInt = Field(
+        45000, description="Consumer group session timeout, ms (classic protocol; the broker's with `consumer`)."
+    )
     kafka_max_poll_interval_ms: PositiveInt = Field(300000, description="librdkafka max.poll.interval.ms.")
     kafka_extra: dict[str, str] = Field(
         default_factory=dict, description="KAFKA_EXTRA__<PROPERTY>: any librdkafka property, '.' written '_'."

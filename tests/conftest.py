@@ -20,6 +20,8 @@ from support.kafka import create_topic
 from support.service import ServiceProcess
 from support.services import TcpProxy
 
+from ops.testbed.kafka import SaslSslAccess
+
 INTEGRATION_DIR = Path(__file__).parent / "integration"
 
 StartService = Callable[..., ServiceProcess]
@@ -46,10 +48,27 @@ def pytest_runtest_makereport(item: pytest.Item) -> Generator[None, pytest.TestR
 
 
 @pytest.fixture(scope="session")
-def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Bootstrap servers of the run's broker (see support.services.kafka_bootstrap for the order tried)."""
-    with services.kafka_bootstrap(tmp_path_factory.mktemp("kafka")) as bootstrap:
-        yield bootstrap
+def run_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[services.RunBroker]:
+    """The run's broker (see support.services.kafka_bootstrap for the order tried)."""
+    with services.kafka_bootstrap(tmp_path_factory.mktemp("kafka")) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(run_broker: services.RunBroker) -> str:
+    """Bootstrap servers of the run's broker (its plaintext listener)."""
+    return run_broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def sasl_ssl_kafka(run_broker: services.RunBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SaslSslAccess]:
+    """The SASL_SSL listener (SCRAM-SHA-512 over TLS) of the run's local Apache Kafka, or of one started for
+    these tests when the run's broker is not ours; its plaintext listener is the same broker's."""
+    if run_broker.local is not None:
+        yield run_broker.local.sasl_ssl
+        return
+    with services.local_kafka(tmp_path_factory.mktemp("kafka-sasl"), sasl_ssl=True) as broker:
+        yield broker.sasl_ssl
 
 
 @pytest.fixture(scope="session")

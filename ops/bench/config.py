@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = REPO / "schemas" / "event.avsc"
-DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/test"
+BROKERS = ("kafka", "tansu")  # BENCH_BROKER: Apache Kafka (ops/testbed) by default, or the bundled Tansu
 DEFAULT_RESULTS_DIR = REPO / "ops" / "bench" / "results"
 DEFAULT_RECORDS = 1_000_000
 PARTITIONS = 6
@@ -30,8 +30,9 @@ class BenchConfigError(Exception):
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
     records: int
-    database_url: str
-    bootstrap: str | None  # None: start the bundled Tansu broker
+    database_url: str | None  # None: a private PostgreSQL cluster made for the run (ops/testbed)
+    bootstrap: str | None  # None: start the broker BENCH_BROKER names
+    broker: str
     results_dir: Path
     latency_s: float
     partitions: int = PARTITIONS
@@ -43,8 +44,8 @@ class BenchConfig:
     def as_dict(self) -> dict[str, object]:
         return {
             "BENCH_RECORDS": self.records,
-            "BENCH_DATABASE_URL": _masked(self.database_url),
-            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap or "bundled Tansu",
+            "BENCH_DATABASE_URL": _masked(self.database_url) if self.database_url else "private PostgreSQL",
+            "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap or f"started by the bench ({self.broker})",
             "BENCH_LATENCY_S": self.latency_s,
             "partitions": self.partitions,
             "memory_small_records": self.small_records,
@@ -55,12 +56,17 @@ def load_config(env: Mapping[str, str] | None = None) -> BenchConfig:
     env = os.environ if env is None else env
     records = _positive_int(env, "BENCH_RECORDS", DEFAULT_RECORDS)
     default_latency = max(MIN_LATENCY_S, FULL_LATENCY_S * min(1.0, records / DEFAULT_RECORDS))
-    database_url = env.get("BENCH_DATABASE_URL") or DEFAULT_DATABASE_URL
-    _masked(database_url)  # validates it
+    database_url = env.get("BENCH_DATABASE_URL") or None
+    if database_url:
+        _masked(database_url)  # validates it
+    broker = (env.get("BENCH_BROKER") or BROKERS[0]).strip().lower()
+    if broker not in BROKERS:
+        raise BenchConfigError(f"BENCH_BROKER: one of {', '.join(BROKERS)} (got {env['BENCH_BROKER']!r})")
     return BenchConfig(
         records=records,
         database_url=database_url,
         bootstrap=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+        broker=broker,
         results_dir=Path(env.get("BENCH_RESULTS_DIR") or DEFAULT_RESULTS_DIR),
         latency_s=_positive_float(env, "BENCH_LATENCY_S", default_latency),
     )

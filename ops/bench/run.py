@@ -1,6 +1,7 @@
 """The benchmark's order of phases, its progress line and its output.
 
-1. broker (KAFKA_BOOTSTRAP_SERVERS or the bundled Tansu) and PostgreSQL (BENCH_DATABASE_URL)
+1. broker (KAFKA_BOOTSTRAP_SERVERS, else Apache Kafka or, with BENCH_BROKER=tansu, the bundled Tansu) and
+   PostgreSQL (BENCH_DATABASE_URL, else a private cluster)
 2. pre-produce BENCH_RECORDS events over 6 partitions (and a 10x smaller backlog for the memory phase)
 3. ceilings with the service's own code beside them: consume, then (over the values read back) decode, sink
 4. the service draining the backlog, then the small backlog (memory), then under half load (latency)
@@ -32,7 +33,9 @@ from ops.bench.config import BenchConfig, BenchConfigError, load_config
 from ops.bench.events import distinct_events, encoded_values, parsed_schema
 from ops.bench.kafka import BenchKafkaError, broker, create_topic, delete_topics, produce_all
 from ops.bench.measure import PhaseResult
+from ops.testbed.postgres import PostgresTestbedError, private_postgres
 
+_DURABLE_POSTGRES = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"}
 _BATCH_MAX_WAIT_MS: int = Settings.model_fields["batch_max_wait_ms"].default
 # WORKERS with the database taken out: every connection of one process shares one in-memory SQLite
 # database (plain `sqlite://` gives each thread its own, and the service writes from a worker thread).
@@ -90,12 +93,14 @@ def _run(config: BenchConfig, ui: _Phases, err: Console) -> tuple[dict[str, Any]
     tables: list[str] = []
     topics: list[str] = []
     try:
-        with broker(config.bootstrap, workdir) as (bootstrap, broker_name, broker_pid):
-            server_version = _server_version(config.database_url)
+        with (broker(config.bootstrap, config.broker, workdir) as (bootstrap, broker_name, broker_pid),
+              _database(config.database_url, workdir) as database_url):
+            server_version = _server_version(database_url)
             try:
-                phases, latency = _phases(config, ui, bootstrap, broker_pid, run_id, tag, workdir, tables, topics)
+                phases, latency = _phases(config, ui, bootstrap, broker_pid, database_url, run_id, tag, workdir,
+                                          tables, topics)
             finally:
-                _drop_tables(config.database_url, tables)
+                _drop_tables(database_url, tables)
                 if config.bootstrap:
                     delete_topics(bootstrap, [*topics, *(f"{t}.dlq" for t in topics)])
     except BaseException:
@@ -130,8 +135,22 @@ def _run(config: BenchConfig, ui: _Phases, err: Console) -> tuple[dict[str, Any]
     return document, list(phases.values()), line
 
 
+@contextmanager
+def _database(explicit: str | None, workdir: Path) -> Iterator[str]:
+    """BENCH_DATABASE_URL, else a private PostgreSQL cluster with a real server's durability (fsync and
+    synchronous commit on, unlike the tests' cluster), removed afterwards."""
+    if explicit:
+        yield explicit
+        return
+    try:
+        with private_postgres(log_path=workdir / "postgres.log", settings=_DURABLE_POSTGRES) as cluster:
+            yield cluster.url
+    except PostgresTestbedError as exc:
+        raise ceilings.BenchError(f"no BENCH_DATABASE_URL and no private PostgreSQL: {exc}") from None
+
+
 def _phases(
-    config: BenchConfig, ui: _Phases, bootstrap: str, broker_pid: int | None, run_id: str, tag: str, workdir: Path,
+    config: BenchConfig, ui: _Phases, bootstrap: str, broker_pid: int | None, database_url: str, run_id: str, tag: str, workdir: Path,
     tables: list[str], topics: list[str],
 ) -> tuple[dict[str, PhaseResult], dict[str, Any]]:
     n, parts = config.records, config.partitions
@@ -168,34 +187,34 @@ def _phases(
     tables.extend(sink_tables)
     with ui.phase("sink ceiling + service sink", n) as tick:
         phases["sink_ceiling"], phases["service_sink"] = ceilings.sink_pair(
-            config.database_url, values, main_topic, parts, sink_tables, tick)
+            database_url, values, main_topic, parts, sink_tables, tick)
     spec = service.ServiceSpec("service", "service (python -m consumer run)", main_topic, f"bench-{run_id}-service",
-                               db.named(config.database_url, f"bench-{tag}-service"), f"bench_{tag}_service")
+                               db.named(database_url, f"bench-{tag}-service"), f"bench_{tag}_service")
     tables.append(spec.table)
     with ui.phase("service drains the backlog", n) as tick:
         phases["service"] = service.drain(spec, bootstrap, ends, total_bytes, workdir, tick, broker_pid)
-    _check_rows(config.database_url, spec.table, distinct_events(n), phases["service"])
+    _check_rows(database_url, spec.table, distinct_events(n), phases["service"])
     # The same drain by two worker processes: what a pod with two cores gets, the database still in.
     pg_workers_spec = service.ServiceSpec(
         "service_workers_2", "service WORKERS=2, PostgreSQL", main_topic, f"bench-{run_id}-service-workers-2",
-        db.named(config.database_url, f"bench-{tag}-service-workers-2"), f"bench_{tag}_service_workers_2",
+        db.named(database_url, f"bench-{tag}-service-workers-2"), f"bench_{tag}_service_workers_2",
         env={"WORKERS": "2"})
     tables.append(pg_workers_spec.table)
     with ui.phase("service WORKERS=2 drains the backlog", n) as tick:
         phases["service_workers_2"] = service.drain(pg_workers_spec, bootstrap, ends, total_bytes, workdir, tick,
                                                     broker_pid)
-    _check_rows(config.database_url, pg_workers_spec.table, distinct_events(n), phases["service_workers_2"])
+    _check_rows(database_url, pg_workers_spec.table, distinct_events(n), phases["service_workers_2"])
     small_spec = service.ServiceSpec("memory_small", f"service, {len(small):,}-record backlog (memory)",
-                                     small_topic, f"bench-{run_id}-small", db.named(config.database_url, f"bench-{tag}-small"),
+                                     small_topic, f"bench-{run_id}-small", db.named(database_url, f"bench-{tag}-small"),
                                      f"bench_{tag}_small")
     tables.append(small_spec.table)
     with ui.phase(f"service drains {len(small):,} (memory)", len(small)) as tick:
         phases["memory_small"] = service.drain(small_spec, bootstrap, small_ends, sum(map(len, small)), workdir,
                                                tick)
-    _check_rows(config.database_url, small_spec.table, distinct_events(len(small)), phases["memory_small"])
+    _check_rows(database_url, small_spec.table, distinct_events(len(small)), phases["memory_small"])
     rate = phases["service"].rps / 2
     latency_spec = service.ServiceSpec("latency", "service at half load (latency)", latency_topic,
-                                       f"bench-{run_id}-latency", config.database_url, f"bench_{tag}_latency")
+                                       f"bench-{run_id}-latency", database_url, f"bench_{tag}_latency")
     tables.append(latency_spec.table)
     produced = max(1, int(rate * config.latency_s))
     with ui.phase(f"latency: {rate:,.0f} records/s for {config.latency_s:.0f}s", produced) as tick:

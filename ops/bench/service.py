@@ -27,8 +27,9 @@ from ops.bench.ceilings import BenchError
 from ops.bench.config import SCHEMA_FILE
 from ops.bench.db import backend_cpu_seconds
 from ops.bench.events import IDEMPOTENCY_KEY
-from ops.bench.kafka import CommittedOffsets, Delivered, EndOffsets, _free_port
+from ops.bench.kafka import CommittedOffsets, Delivered, EndOffsets
 from ops.bench.measure import PhaseResult, Progress, high_water_rss, tree, tree_sample
+from ops.testbed.net import free_port
 
 _WATCH_INTERVAL_S = 0.05  # committed offsets and process stats: the resolution of every service timing
 _SCRAPE_EVERY_S = 2.0  # /metrics as a Prometheus would scrape it (the service serves metrics throughout)
@@ -76,7 +77,7 @@ class ServiceProcess:
         self, spec: ServiceSpec, bootstrap: str, partitions: int, workdir: Path, broker_pid: int | None = None
     ) -> None:
         self.spec = spec
-        self.port = _free_port()
+        self.port = free_port()
         workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{spec.name}.log"
         self._log: IO[bytes] = self.log_path.open("wb")

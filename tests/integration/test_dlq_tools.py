@@ -24,7 +24,7 @@ from support.events import decode, encode, event_id, make_event
 from support.kafka import Msg, ReadMsg, TopicWriter, committed_offsets, create_topic, read_all
 from support.runs import SCHEMA_FILE, assert_one_row_per_key, service_env, valid_messages, wait_metric
 from support.service import BASE_ENV, ServiceProcess, free_port
-from support.services import TcpProxy, tansu_broker
+from support.services import TcpProxy, local_kafka
 from support.waiting import wait_until
 
 from consumer.dlq import dead_letter_headers
@@ -313,7 +313,8 @@ def test_a_killed_replay_resumes_repeating_at_most_the_unacknowledged_chunk(
     """A broker slowed by a proxy makes the replay take seconds, so it can be SIGKILLed mid-way for sure."""
     n, chunk = 300, 5
     port = free_port()
-    with TcpProxy("127.0.0.1", port) as proxy, tansu_broker(tmp_path, port, proxy.port) as bootstrap:
+    with TcpProxy("127.0.0.1", port) as proxy, local_kafka(tmp_path, port, proxy.port) as broker:
+        bootstrap = broker.bootstrap
         source = create_topic(bootstrap, unique("orders"), 1)
         dlq = create_topic(bootstrap, f"{source}.dlq", 1)
         TopicWriter(bootstrap, dlq).send(

@@ -31,7 +31,7 @@ from support.runs import (
     wait_metric,
 )
 from support.service import ServiceProcess, free_port
-from support.services import CutMode, TcpProxy, tansu_broker
+from support.services import CutMode, TcpProxy, local_kafka
 from support.waiting import wait_until
 
 StartService = Callable[..., ServiceProcess]
@@ -378,10 +378,10 @@ def _waiting_on_lock(url: str, table: str) -> int:
 
 @pytest.fixture
 def proxied_broker(tmp_path: Path) -> Iterator[tuple[str, TcpProxy]]:
-    """A dedicated Tansu that advertises a TcpProxy in front of it: every client connection goes through it."""
+    """A dedicated Apache Kafka that advertises a TcpProxy in front of it: every client connection goes through it."""
     port = free_port()
-    with TcpProxy("127.0.0.1", port) as proxy, tansu_broker(tmp_path, port, proxy.port) as bootstrap:
-        yield bootstrap, proxy
+    with TcpProxy("127.0.0.1", port) as proxy, local_kafka(tmp_path, port, proxy.port) as broker:
+        yield broker.bootstrap, proxy
 
 
 @POSTGRES_ONLY

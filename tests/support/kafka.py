@@ -177,6 +177,22 @@ def _end_offsets_of(reports: Sequence[tuple[KafkaError | None, Message]]) -> dic
     return ends
 
 
+_COORDINATOR_NOT_READY = (KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                          KafkaError.COORDINATOR_NOT_AVAILABLE)
+
+
+def _committed_when_coordinator_ready(consumer: Consumer, partitions: list[TopicPartition]) -> list[TopicPartition] | None:
+    """The committed offsets, or None while the group coordinator is still loading (a fresh Apache Kafka
+    answers NOT_COORDINATOR / COORDINATOR_LOAD_IN_PROGRESS until __consumer_offsets is online)."""
+    try:
+        return consumer.committed(partitions, timeout=_REQUEST_TIMEOUT_S)
+    except KafkaException as exc:
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and (error.retriable() or error.code() in _COORDINATOR_NOT_READY):
+            return None
+        raise
+
+
 def committed_offsets(
     bootstrap: str, group: str, topic: str, partitions: int | Iterable[int]
 ) -> dict[int, int]:
@@ -192,7 +208,9 @@ def committed_offsets(
         {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False, "log_level": 0}
     )
     try:
-        found = consumer.committed([TopicPartition(topic, p) for p in numbers], timeout=_REQUEST_TIMEOUT_S)
+        asked = [TopicPartition(topic, p) for p in numbers]
+        found = wait_until(lambda: _committed_when_coordinator_ready(consumer, asked), _REQUEST_TIMEOUT_S * 3,
+                           f"the group coordinator of {group} to answer", interval_s=0.2)
     finally:
         consumer.close()
     errors = [f"{tp.partition}: {tp.error}" for tp in found if tp.error is not None]

@@ -1,10 +1,10 @@
 """The broker and the database for a test run, and a TCP proxy to break connections on purpose.
 
 Resolution follows confluent-kafka-python's integration conftest: an explicit address from the environment,
-else a container if a Docker engine answers, else a bundled Kafka-compatible binary (Tansu) for Kafka and
-a private PostgreSQL cluster (initdb) for the database. What cannot be had skips the tests needing it with
-the reason, or fails them under REQUIRE_KAFKA=1 / REQUIRE_POSTGRES=1 so CI cannot go green by skipping
-everything.
+else a container if a Docker engine answers, else Apache Kafka itself (KRaft, from Maven jars the project
+fetches: ops/testbed/kafka.py) for Kafka and a private PostgreSQL cluster for the database. Tansu, the
+embedded broker of `demo`, stays available for the demo's own smoke test. What cannot be had skips the tests needing it with the reason, or fails
+them under REQUIRE_KAFKA=1 / REQUIRE_POSTGRES=1 so CI cannot go green by skipping everything.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, NoReturn, Self
@@ -25,6 +26,7 @@ import pytest
 import sqlalchemy as sa
 from confluent_kafka import KafkaException
 
+from ops.testbed.kafka import KafkaBroker, TestbedError
 from ops.testbed.postgres import (
     PostgresCluster,
     PostgresTestbedError,
@@ -72,20 +74,53 @@ def kafka_answers(bootstrap: str, timeout_s: float = _KAFKA_ANSWER_TIMEOUT_S) ->
     return True
 
 
+@dataclass(frozen=True, slots=True)
+class RunBroker:
+    """The run's broker: where clients bootstrap, and the local Apache Kafka when it is ours (else None)."""
+
+    bootstrap: str
+    local: KafkaBroker | None
+
+
 @contextmanager
-def kafka_bootstrap(log_dir: Path) -> Iterator[str]:
-    """The run's bootstrap servers: KAFKA_BOOTSTRAP_SERVERS, a Kafka container, or a Tansu subprocess."""
+def kafka_bootstrap(log_dir: Path) -> Iterator[RunBroker]:
+    """The run's broker: KAFKA_BOOTSTRAP_SERVERS, a Kafka container, or Apache Kafka from Maven jars.
+
+    The local broker also opens a SASL_SSL listener (SCRAM-SHA-512), so the security tests share it.
+    """
     explicit = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     if explicit:
         if not kafka_answers(explicit):
             unavailable(f"KAFKA_BOOTSTRAP_SERVERS={explicit} does not answer", "REQUIRE_KAFKA")
-        yield explicit
+        yield RunBroker(explicit, None)
     elif docker_answers():
         with _kafka_container() as bootstrap:
-            yield bootstrap
+            yield RunBroker(bootstrap, None)
     else:
-        with tansu_broker(log_dir) as bootstrap:
-            yield bootstrap
+        with local_kafka(log_dir, sasl_ssl=True) as broker:
+            yield RunBroker(broker.bootstrap, broker)
+
+
+@contextmanager
+def local_kafka(
+    work_dir: Path, port: int | None = None, advertised_port: int | None = None, *, sasl_ssl: bool = False
+) -> Iterator[KafkaBroker]:
+    """Apache Kafka (KRaft, one node) in `work_dir`, on `port` (default: a free one), stopped on exit.
+
+    `advertised_port` (default: `port`) is the port put in metadata: pointing it at a TcpProxy in front of
+    the broker makes every client connection, not just the bootstrap one, go through the proxy.
+    """
+    broker = KafkaBroker(work_dir, port=port, advertised_port=advertised_port, sasl_ssl=sasl_ssl)
+    try:
+        broker.start()
+    except TestbedError as exc:
+        broker.stop()
+        unavailable(f"no Kafka: no KAFKA_BOOTSTRAP_SERVERS, no Docker, and Apache Kafka did not start: {exc}",
+                    "REQUIRE_KAFKA")
+    try:
+        yield broker
+    finally:
+        broker.stop()
 
 
 @contextmanager

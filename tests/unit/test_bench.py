@@ -67,6 +67,7 @@ def test_rate_series_averages_over_windows() -> None:
     ({"BENCH_RECORDS": "0"}, "BENCH_RECORDS: must be at least 1 (got '0')"),
     ({"BENCH_LATENCY_S": "-1"}, "BENCH_LATENCY_S: must be positive (got '-1')"),
     ({"BENCH_DATABASE_URL": "not a url"}, "BENCH_DATABASE_URL: not a database URL (got 'not a url')"),
+    ({"BENCH_BROKER": "redpanda"}, "BENCH_BROKER: one of kafka, tansu (got 'redpanda')"),
 ])
 def test_bad_settings_name_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(BenchConfigError) as raised:
@@ -79,7 +80,8 @@ def test_defaults_and_scaled_phases() -> None:
     assert (full.records, full.latency_s, full.small_records) == (1_000_000, 30.0, 100_000)
     assert (small.records, small.small_records) == (20_000, 2_000)
     assert small.latency_s == 4.0  # shrunk, never below the floor
-    assert full.database_url == "postgresql://postgres@127.0.0.1:5432/test"
+    assert (full.database_url, full.bootstrap, full.broker) == (None, None, "kafka")  # both started by the bench
+    assert load_config({"BENCH_BROKER": "Tansu"}).broker == "tansu"
 
 
 @pytest.mark.parametrize("records", [1, 99, 100, 250, 1000])

@@ -145,3 +145,35 @@ def test_prefetch_and_fetch_wait_are_bounded_by_default_and_kafka_extra_override
     assert consumer_config(load_settings())["fetch.wait.max.ms"] == 100
     monkeypatch.setenv("KAFKA_EXTRA__QUEUED_MAX_MESSAGES_KBYTES", "65536")
     assert consumer_config(load_settings())["queued.max.messages.kbytes"] == "65536"
+
+
+def test_classic_group_protocol_is_the_default_with_cooperative_sticky_and_our_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from consumer.app import consumer_config
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "6000")
+    config = consumer_config(load_settings())
+    assert (config["group.protocol"], config["partition.assignment.strategy"], config["session.timeout.ms"]) == (
+        "classic", "cooperative-sticky", 6000)
+
+
+def test_consumer_group_protocol_leaves_assignment_and_session_to_the_broker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """librdkafka refuses partition.assignment.strategy and session.timeout.ms with group.protocol=consumer."""
+    from confluent_kafka import Consumer
+
+    from consumer.app import consumer_config
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    monkeypatch.setenv("KAFKA_GROUP_PROTOCOL", "consumer")
+    config = consumer_config(load_settings())
+    assert config["group.protocol"] == "consumer"
+    assert "partition.assignment.strategy" not in config and "session.timeout.ms" not in config
+    Consumer({k: v for k, v in config.items() if k != "logger"}).close()  # librdkafka accepts the set
+
+
+def test_an_unknown_group_protocol_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_GROUP_PROTOCOL", "eager")
+    with pytest.raises(ConfigError, match="KAFKA_GROUP_PROTOCOL"):
+        load_settings()
