@@ -1,11 +1,12 @@
-"""`check`: validate the configuration, then reach every dependency once; exit 0 when all answer, 1 if not."""
+"""`check`: validate the configuration, then reach every dependency once; exit 0 when all answer, 1 if one
+does not, 2 when one refuses our settings (credentials, TLS) or the settings themselves are wrong."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from consumer.app import build_value_decoder, kafka_client_config
-from consumer.errors import ConsumerError
+from consumer.errors import ConfigError, ConsumerError
 from consumer.registry import SchemaRegistryClient
 from consumer.settings import Settings
 from consumer.sink import SqlSink, create_sink_engine
@@ -21,13 +22,17 @@ def run_check(settings: Settings) -> int:
     ]
     if settings.schema_registry_url:
         checks.append(("schema registry", lambda: _registry_check(settings.schema_registry_url or "")))
-    failed = 0
+    failed: list[ConsumerError] = []
     for name, check in checks:
         try:
             print(f"ok    {name}: {check()}")
         except ConsumerError as exc:
-            failed += 1
+            failed.append(exc)
             print(f"FAIL  {name}: {exc}")
+    # a dependency that answered "no" to our settings (refused credentials, an untrusted certificate) is a
+    # configuration error, as it is for `run`; one that did not answer is exit 1
+    if any(isinstance(exc, ConfigError) for exc in failed):
+        return 2
     return 1 if failed else 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -15,9 +16,10 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._metadata import ClusterMetadata
 from confluent_kafka.cimpl import NewTopic
 
-from consumer.errors import BrokerUnavailableError, FatalError
+from consumer.errors import BrokerUnavailableError, ConfigError, FatalError
 from consumer.records import RawRecord, TopicPartition
 
 log = logging.getLogger(__name__)
@@ -213,16 +215,41 @@ def _translate(error: KafkaError) -> Exception:
     return BrokerUnavailableError(f"kafka: {error.str()}")
 
 
+# What librdkafka reports (through error_cb) when the broker answered but refused us: credentials or TLS.
+# Retrying cannot help, so at start they are configuration errors naming the setting to fix.
+_REFUSALS = {
+    KafkaError._AUTHENTICATION: "KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD: the broker refused the credentials",
+    KafkaError._SSL: "KAFKA_SSL_CA_LOCATION: TLS with the broker failed",
+}
+_METADATA_POLL_S = 1.0
+
+
+def broker_metadata(config: Mapping[str, Any], timeout_s: float, topic: str | None = None) -> ClusterMetadata:
+    """Cluster metadata (of `topic` alone when given). Raises ConfigError as soon as the broker refuses our
+    credentials or its certificate is not trusted, BrokerUnavailableError when no broker answers in time."""
+    refusals: list[KafkaError] = []
+    admin = AdminClient({**config, "error_cb": refusals.append})  # type: ignore[dict-item]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return admin.list_topics(topic=topic, timeout=min(_METADATA_POLL_S, timeout_s))
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb: the reason behind "broker transport failure", if any
+            for error in refusals:
+                if error.code() in _REFUSALS:
+                    raise ConfigError(f"{_REFUSALS[error.code()]}: {error.str()}") from None
+            if time.monotonic() >= deadline:
+                reason = refusals[-1].str() if refusals else exc.args[0].str()
+                raise BrokerUnavailableError(f"kafka: no broker answered in {timeout_s:.0f} s: {reason}") from None
+
+
 def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int, timeout_s: float = 15.0) -> None:
     """Create `topic` if it does not exist (the dead-letter topic); an existing topic is left alone."""
-    admin = AdminClient(dict(config))
-    try:
-        metadata = admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerUnavailableError(f"kafka: cannot list topics: {exc.args[0].str()}") from None
+    metadata = broker_metadata(config, timeout_s)
     if topic in metadata.topics and metadata.topics[topic].error is None:
         return
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)], request_timeout=timeout_s)
+    futures = AdminClient(dict(config)).create_topics([NewTopic(topic, num_partitions=partitions)],
+                                                      request_timeout=timeout_s)
     try:
         futures[topic].result(timeout=timeout_s)
         log.info("created topic", extra={"topic": topic, "partitions": partitions})
@@ -233,10 +260,7 @@ def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int, timeout
 
 def partition_count(config: Mapping[str, Any], topic: str, timeout_s: float = 15.0) -> int | None:
     """Partitions of `topic`, or None when it does not exist yet."""
-    try:
-        metadata = AdminClient(dict(config)).list_topics(topic=topic, timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerUnavailableError(f"kafka: cannot read metadata: {exc.args[0].str()}") from None
+    metadata = broker_metadata(config, timeout_s, topic)
     described = metadata.topics.get(topic)
     if described is None or described.error is not None or not described.partitions:
         return None

@@ -11,9 +11,11 @@ import argparse
 import sys
 from typing import Any
 
+from consumer.app import kafka_client_config
 from consumer.errors import TransientError
 from consumer.logs import configure
 from consumer.settings import load_settings
+from consumer.source import broker_metadata
 
 _EXIT_FAILURE = 1
 
@@ -49,6 +51,9 @@ def add_tool_parsers(commands: Any) -> None:
     ))
 
 
+_PROBE_TIMEOUT_S = 15.0
+
+
 def run_tool(args: argparse.Namespace) -> int:
     """Run `dlq inspect|replay` or `produce`; ConfigError and PermanentError propagate to cli.main."""
     configure("WARNING", "text")
@@ -63,8 +68,9 @@ def run_tool(args: argparse.Namespace) -> int:
 
         settings = load_settings()
         runner = run_inspect if args.dlq_command == "inspect" else run_replay
-    settings.require_bootstrap()
     try:
+        # Refused credentials or an untrusted broker certificate: one line naming the setting, exit 2
+        broker_metadata(kafka_client_config(settings), _PROBE_TIMEOUT_S)
         return int(runner(settings, args))
     except TransientError as exc:
         print(f"{args.command}: {exc}", file=sys.stderr)

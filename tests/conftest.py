@@ -17,6 +17,7 @@ from support import services
 from support.db import drop_table
 from support.fake_registry import FakeSchemaRegistry
 from support.kafka import create_topic
+from support.real_registry import RealSchemaRegistry, RegistryUnderTest, run_registry
 from support.service import ServiceProcess
 from support.services import TcpProxy
 
@@ -131,9 +132,25 @@ def sink_table(sink_url: str, running_services: list[ServiceProcess]) -> Iterato
         drop_table(sink_url, name)
 
 
+@pytest.fixture(scope="session")
+def registry_base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str | None]:
+    """The run's real schema registry (see support.real_registry.run_registry), or None to use the fake."""
+    with run_registry(tmp_path_factory.mktemp("registry")) as url:
+        yield url
+
+
 @pytest.fixture
-def schema_registry() -> Iterator[FakeSchemaRegistry]:
-    """A fresh fake Confluent schema registry; pass `.url` as SCHEMA_REGISTRY_URL."""
+def schema_registry(registry_base_url: str | None) -> Iterator[RegistryUnderTest]:
+    """A Confluent-compatible registry for one test: the run's real one behind a proxy of the test's own,
+    else a fresh fake; pass `.url` as SCHEMA_REGISTRY_URL, `set_available(False)` for an outage."""
+    registry = RealSchemaRegistry(registry_base_url) if registry_base_url else FakeSchemaRegistry()
+    with registry:
+        yield registry
+
+
+@pytest.fixture
+def fake_schema_registry() -> Iterator[FakeSchemaRegistry]:
+    """Always the fake: for tests of the fake itself (exact bodies, its `requests` log)."""
     with FakeSchemaRegistry() as registry:
         yield registry
 

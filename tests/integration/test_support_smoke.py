@@ -99,14 +99,14 @@ def test_sink_table_is_usable_on_each_backend(sink_url: str, sink_table: str) ->
     assert count_rows(sink_url, sink_table) == 3
 
 
-def test_fake_registry_serves_schemas_by_id_and_latest_version(schema_registry: FakeSchemaRegistry) -> None:
-    schema_id = schema_registry.register("orders-value", schema_json())
-    assert schema_registry.register("orders-value", schema_json()) == schema_id
+def test_fake_registry_serves_schemas_by_id_and_latest_version(fake_schema_registry: FakeSchemaRegistry) -> None:
+    schema_id = fake_schema_registry.register("orders-value", schema_json())
+    assert fake_schema_registry.register("orders-value", schema_json()) == schema_id
 
-    with urllib.request.urlopen(f"{schema_registry.url}/schemas/ids/{schema_id}", timeout=5) as response:
+    with urllib.request.urlopen(f"{fake_schema_registry.url}/schemas/ids/{schema_id}", timeout=5) as response:
         by_id = json.load(response)
     with urllib.request.urlopen(
-        f"{schema_registry.url}/subjects/orders-value/versions/latest", timeout=5
+        f"{fake_schema_registry.url}/subjects/orders-value/versions/latest", timeout=5
     ) as r:
         latest = json.load(r)
 
