@@ -79,6 +79,7 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
 def consumer_config(settings: Settings) -> dict[str, Any]:
     return {
         "group.id": settings.consumer_group_id,
+        **({"group.instance.id": settings.kafka_group_instance_id} if settings.kafka_group_instance_id else {}),
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",  # a new group sinks the whole topic, as a sink connector would

@@ -113,6 +113,12 @@ class Settings(BaseSettings):
     )
     consumer_topics: Annotated[list[str], NoDecode] = Field(description="Comma-separated topics to consume.")
     consumer_group_id: str = Field("microbatch-consumer", min_length=1, description="Consumer group id.")
+    kafka_group_instance_id: str | None = Field(
+        None, min_length=1,
+        description="librdkafka group.instance.id: static membership. A member that restarts within "
+        "KAFKA_SESSION_TIMEOUT_MS keeps its partitions without a rebalance; a dead one holds them until the session "
+        "times out. Unique per process (under WORKERS > 1 each worker appends -<worker number>).",
+    )
     dlq_topic: str | None = Field(None, description="Dead-letter topic; defaults to '<first topic>.dlq'.")
 
     # --- Decoding ----------------------------------------------------------------------------------

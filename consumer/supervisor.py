@@ -359,7 +359,16 @@ def become_worker(settings: Settings, index: int, port: int, stop: threading.Eve
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerField(index))
     threading.Thread(target=_stop_when_orphaned, args=(stop,), name="supervisor-watch", daemon=True).start()
-    return settings.model_copy(update={"metrics_port": port, "workers": 1})
+    return worker_settings(settings, index, port)
+
+
+def worker_settings(settings: Settings, index: int, port: int) -> Settings:
+    """Worker `index`'s settings: its internal port, one process, and its own static member id (two members
+    of a group with one group.instance.id fence each other off)."""
+    update: dict[str, object] = {"metrics_port": port, "workers": 1}
+    if settings.kafka_group_instance_id:
+        update["kafka_group_instance_id"] = f"{settings.kafka_group_instance_id}-{index}"
+    return settings.model_copy(update=update)
 
 
 class _WorkerField(logging.Filter):

@@ -177,3 +177,43 @@ def test_an_unknown_group_protocol_is_a_configuration_error(monkeypatch: pytest.
     monkeypatch.setenv("KAFKA_GROUP_PROTOCOL", "eager")
     with pytest.raises(ConfigError, match="KAFKA_GROUP_PROTOCOL"):
         load_settings()
+
+
+def test_group_instance_id_is_unset_by_default_so_membership_is_dynamic(monkeypatch: pytest.MonkeyPatch) -> None:
+    from consumer.app import consumer_config
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    assert load_settings().kafka_group_instance_id is None
+    assert "group.instance.id" not in consumer_config(load_settings())
+
+
+def test_group_instance_id_sets_static_membership_that_librdkafka_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
+    from confluent_kafka import Consumer
+
+    from consumer.app import consumer_config
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "consumer-0")
+    config = consumer_config(load_settings())
+    assert config["group.instance.id"] == "consumer-0"
+    Consumer({k: v for k, v in config.items() if k != "logger"}).close()
+
+
+def test_an_empty_group_instance_id_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "")
+    with pytest.raises(ConfigError, match="KAFKA_GROUP_INSTANCE_ID"):
+        load_settings()
+
+
+def test_each_worker_gets_its_own_group_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two members with one group.instance.id fence each other: WORKERS > 1 suffixes the worker number."""
+    from consumer.supervisor import worker_settings
+
+    monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "consumer-0")
+    monkeypatch.setenv("WORKERS", "3")
+    settings = load_settings()
+    ids = [worker_settings(settings, index, 40000 + index).kafka_group_instance_id for index in range(3)]
+    assert ids == ["consumer-0-0", "consumer-0-1", "consumer-0-2"]
+    assert worker_settings(settings, 1, 40001).workers == 1
+    monkeypatch.delenv("KAFKA_GROUP_INSTANCE_ID")
+    assert worker_settings(load_settings(), 1, 40001).kafka_group_instance_id is None
