@@ -3,10 +3,8 @@
 # or any subcommand: `docker run --rm microbatch-consumer check`. Settings are environment variables (README).
 # Runs as uid 10001 with a read-only root filesystem: it writes only to /tmp and /var/lib/consumer (a volume).
 
-ARG PYTHON_IMAGE=python:3.11-slim-bookworm
-
 # --- build: wheels of the dependencies (their own layer), then the service's own wheel -----------------------
-FROM ${PYTHON_IMAGE} AS build
+FROM python:3.11-slim-bookworm AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
 COPY pyproject.toml ./
@@ -19,7 +17,7 @@ COPY consumer ./consumer
 RUN pip wheel --no-deps --wheel-dir /wheels/app .
 
 # --- runtime: slim Python, the wheels installed into /opt/venv, no build tools -------------------------------
-FROM ${PYTHON_IMAGE} AS runtime
+FROM python:3.11-slim-bookworm AS runtime
 ARG VERSION=0.1.0
 ARG SOURCE=""
 ARG LICENSE=NOASSERTION
