@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test test-unit test-integration demo bench
+.PHONY: install lint test test-unit test-integration test-deploy demo bench
 
 $(BIN)/consumer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,11 @@ test-unit: install
 
 test-integration: install
 	$(BIN)/python -m pytest -q tests/integration
+
+# Dockerfile, docker-compose.yml and the Helm chart, validated offline (no Docker engine or cluster needed);
+# `make test` runs these too. checkov gets its own venv under build/ on first use.
+test-deploy: install
+	$(BIN)/python -m pytest -q tests/deploy
 
 demo: install
 	$(BIN)/python -m consumer demo
