@@ -301,7 +301,7 @@ def test_the_hpa_scales_on_the_groups_lag(renders: dict[str, list[dict[str, Any]
     assert hpa["spec"]["scaleTargetRef"]["kind"] == "Deployment"
     [metric] = hpa["spec"]["metrics"]
     assert metric["type"] == "External" and metric["external"]["metric"]["name"] == "consumer_lag_records"
-    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "10000"}
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "100000"}
     assert "replicas" not in workload(items)["spec"]
     assert ALL_ON_DEPLOYMENT_HPA["autoscaling"]["hpa"]["maxReplicas"] == hpa["spec"]["maxReplicas"]
 
