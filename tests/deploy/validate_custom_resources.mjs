@@ -1,7 +1,7 @@
 // Validates KEDA and Prometheus Operator objects (a JSON array in the file named by argv[2]) against the CRD
 // schemas shipped by the @kubernetes-models packages: types, enums and required fields, as the API server
 // would (unknown fields are pruned by a CRD, not rejected, so they are not errors here either).
-// Run from build/crd-models, where tests/deploy/test_custom_resources.py installs the packages.
+// Run from build/crd-models, where tests/deploy/test_deploy_custom_resources.py installs the packages.
 import { readFileSync } from "node:fs";
 import * as keda from "@kubernetes-models/keda/keda.sh/v1alpha1";
 import * as prometheus from "@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1";

@@ -1,6 +1,6 @@
 """Every rendered object validates against the Kubernetes API schemas (kubernetes-validate --strict: unknown
 fields are errors) of the oldest and the newest Kubernetes the chart supports. Custom resources (KEDA,
-Prometheus Operator) have no schema there: test_custom_resources.py checks them against their CRDs."""
+Prometheus Operator) have no schema there: test_deploy_custom_resources.py checks them against their CRDs."""
 
 from __future__ import annotations
 
