@@ -400,3 +400,17 @@ def test_every_values_key_is_documented_with_a_param_line() -> None:
 def test_notes_tell_how_to_watch_scale_and_roll() -> None:
     notes = render()[f"{Path(CHART).name}/templates/NOTES.txt"]
     assert "/status" in notes and "scale" in notes and "rollout restart" in notes
+
+
+def test_the_packaged_chart_carries_the_rules_and_dashboards_but_not_their_tests(tmp_path: Path) -> None:
+    """`helm package` follows the symlinks into ops/, so a packaged chart needs no checkout beside it."""
+    import tarfile
+
+    archive = helm().package(str(CHART), destination=str(tmp_path))
+    with tarfile.open(archive) as packaged:
+        names = {Path(*Path(n).parts[1:]).as_posix() for n in packaged.getnames()}
+        rules = packaged.extractfile("microbatch-consumer/files/prometheus-rules/alerts.yml")
+        assert rules is not None and rules.read() == (RULES_DIR / "alerts.yml").read_bytes()
+    assert {"files/prometheus-rules/recording.yml", "files/grafana-dashboards/microbatch-consumer.json",
+            "values.schema.json", "templates/NOTES.txt"} <= names
+    assert not any(n.endswith(".test.yml") for n in names)
