@@ -228,7 +228,10 @@ def broker_metadata(config: Mapping[str, Any], timeout_s: float, topic: str | No
     """Cluster metadata (of `topic` alone when given). Raises ConfigError as soon as the broker refuses our
     credentials or its certificate is not trusted, BrokerUnavailableError when no broker answers in time."""
     refusals: list[KafkaError] = []
-    admin = AdminClient({**config, "error_cb": refusals.append})  # type: ignore[dict-item]
+    try:
+        admin = AdminClient({**config, "error_cb": refusals.append})  # type: ignore[dict-item]
+    except KafkaException as exc:  # librdkafka refused a property: only KAFKA_EXTRA__* can name an unknown one
+        raise ConfigError(f"KAFKA_EXTRA: {exc.args[0].str()}") from None
     deadline = time.monotonic() + timeout_s
     while True:
         try:

@@ -32,7 +32,7 @@ from support.runs import (
 )
 from support.service import ServiceProcess, free_port
 from support.services import CutMode, TcpProxy, local_kafka
-from support.waiting import wait_until
+from support.waiting import hold, wait_until
 
 StartService = Callable[..., ServiceProcess]
 Coordinates = tuple[int, int]  # (partition, offset) in the test's topic
@@ -134,17 +134,6 @@ def _wait_lag_seconds_at_least(svc: ServiceProcess, seconds: float) -> None:
     wait_until(oldest, 30, f"consumer_lag_seconds >= {seconds}", until=lambda age: age >= seconds)
 
 
-def _hold(seconds: float, invariant: Callable[[], None], describe: str) -> None:
-    """Keep a fault in place for `seconds`, checking `invariant` (it raises on a breach) all along."""
-    end = time.monotonic() + seconds
-
-    def held() -> bool:
-        invariant()
-        return time.monotonic() >= end
-
-    wait_until(held, seconds + 60, describe, interval_s=0.5)
-
-
 # --- 1. database unreachable --------------------------------------------------------------------------
 
 
@@ -201,7 +190,7 @@ def test_database_outage_opens_the_breaker_pauses_and_loses_nothing(
         assert _rebalances(svc) == joined
         assert svc.http_get("/healthz")[0] == 200
 
-    _hold(OUTAGE_S - (time.monotonic() - cut_at), nothing_moves, "the database outage to last its time")
+    hold(OUTAGE_S - (time.monotonic() - cut_at), nothing_moves, "the database outage to last its time")
     retries = svc.metric_sum("consumer_sink_retries_total", error_class="SinkUnavailableError")
     postgres_proxy.restore()
 
@@ -275,7 +264,7 @@ def test_database_partition_holds_the_batch_in_flight_and_loses_nothing(
             (svc.metric("consumer_circuit_breaker_state", dependency="sink"), svc.http_get("/readyz")[0])
         )
 
-    _hold(PARTITION_S, nothing_moves, "the database partition to last its time")
+    hold(PARTITION_S, nothing_moves, "the database partition to last its time")
     _wait_lag_seconds_at_least(svc, PARTITION_S / 2)  # what an operator sees: the oldest record ages
     postgres_proxy.restore()
 
@@ -345,7 +334,7 @@ def test_batch_stalled_past_max_poll_interval_keeps_membership_and_writes_once(
                 assert _waiting_on_lock(sink_url, sink_table) > 0
                 assert svc.http_get("/healthz")[0] == 200
 
-            _hold(STALL_S, stalled_but_member, "the stalled batch to stay stalled")
+            hold(STALL_S, stalled_but_member, "the stalled batch to stay stalled")
             _wait_lag_seconds_at_least(svc, STALL_S / 2)
             lock_holder.rollback()
     finally:
@@ -427,7 +416,7 @@ def test_broker_connection_cut_recovers_by_itself_with_exact_counts(
     def alive() -> None:
         assert svc.running, svc.log_tail()
 
-    _hold(outage_s, alive, "the broker outage to last its time")
+    hold(outage_s, alive, "the broker outage to last its time")
     rows_at_restore = rows_or_zero(sink_url, sink_table)
     proxy.restore()
 

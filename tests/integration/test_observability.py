@@ -1,6 +1,6 @@
 """Observability end to end: after a real run against the broker and PostgreSQL, /metrics carries every
 contract metric with its type and labels and counts that add up to what was produced; /healthz and /readyz
-flip before the join, during the run, during a sink outage, during shutdown and while the dead-letter guard
+flip before the join (a test of its own), during the run, during a sink outage, during shutdown and while the dead-letter guard
 holds; /status shows what an on-call engineer needs; logs are JSON lines with no secret in them."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from confluent_kafka import Consumer
 from prometheus_client.parser import text_string_to_metric_families
 from support.contract import CONTRACT, read_contract_metrics
 from support.db import count_rows, via_proxy
@@ -134,10 +135,6 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
         SHUTDOWN_TIMEOUT_MS="60000",
     )
     svc = service(env)
-
-    # --- before the join: live, not ready ---------------------------------------------------------
-    assert _first_answer(svc, "/readyz") == (503, "not joined to the consumer group yet")
-    assert _probe(svc, "/healthz") == (200, "ok")
 
     # --- the run: everything committed, ready ------------------------------------------------------
     wait_committed(kafka_bootstrap, group, writer, [svc])
@@ -320,4 +317,31 @@ def test_readyz_fails_and_status_says_why_while_the_dead_letter_guard_holds(
     assert status["last_error"]["class"] == "GuardTrippedError"
     assert status["ready"] is False
     assert svc.metric_sum("consumer_records_total", outcome="dlq") == 0
+    assert svc.terminate() == 0
+
+
+def test_readyz_is_503_until_the_group_join_completes(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str], tmp_path: Any,
+    service: StartService,
+) -> None:
+    """A member that joined and then stopped polling holds the group's next rebalance for up to its
+    max.poll.interval.ms: the service's JoinGroup waits that long, so "not joined" lasts for sure."""
+    topic = make_topic(partitions=1)
+    group = unique("group")
+    holder = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group, "session.timeout.ms": 60_000,
+                       "max.poll.interval.ms": 60_000, "log_level": 0})
+    try:
+        holder.subscribe([topic])
+
+        def holder_joined() -> bool:
+            holder.poll(0.2)  # runs the join; the assignment arrives inside poll
+            return bool(holder.assignment())
+
+        wait_until(holder_joined, 30, "the holder to join")
+        svc = service(service_env(kafka_bootstrap, topic, group, f"sqlite:///{tmp_path / 'sink.db'}", "events"))
+        assert _first_answer(svc, "/readyz") == (503, "not joined to the consumer group yet")
+        assert _probe(svc, "/healthz") == (200, "ok")
+    finally:
+        holder.close()  # LeaveGroup: the held rebalance completes with the service alone
+    wait_until(lambda: _probe(svc, "/readyz"), 60, "ready once joined", until=lambda probe: probe == (200, "ready"))
     assert svc.terminate() == 0

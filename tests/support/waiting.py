@@ -47,6 +47,18 @@ def wait_until(
         time.sleep(interval_s)
 
 
+def hold(seconds: float, invariant: Callable[[], None], describe: str) -> None:
+    """Keep a fault in place for `seconds` (the fault's length is the test's input, not a guess at timing),
+    checking `invariant` (it raises on a breach) all along."""
+    end = time.monotonic() + seconds
+
+    def held() -> bool:
+        invariant()
+        return time.monotonic() >= end
+
+    wait_until(held, seconds + 60, describe, interval_s=0.5)
+
+
 def _shown(value: object) -> str:
     """A repr short enough to keep a failure message readable."""
     text = value if isinstance(value, str) else repr(value)
