@@ -37,12 +37,11 @@ RUN groupadd --system --gid 10001 consumer \
     && python -m venv /opt/venv \
     && install -d -o 10001 -g 10001 -m 0750 /var/lib/consumer
 
-COPY --from=build /wheels/deps /wheels/deps
-RUN /opt/venv/bin/pip install --no-index --find-links /wheels/deps /wheels/deps/*.whl \
-    && rm -rf /wheels/deps
-COPY --from=build /wheels/app /wheels/app
-RUN /opt/venv/bin/pip install --no-index --no-deps /wheels/app/*.whl \
-    && rm -rf /wheels/app
+# The wheels are bind-mounted from the build stage, not copied: no layer keeps them after the install.
+RUN --mount=type=bind,from=build,source=/wheels/deps,target=/wheels/deps \
+    /opt/venv/bin/pip install --no-index --find-links /wheels/deps /wheels/deps/*.whl
+RUN --mount=type=bind,from=build,source=/wheels/app,target=/wheels/app \
+    /opt/venv/bin/pip install --no-index --no-deps /wheels/app/*.whl
 
 # The default SINK_URL (sqlite:///./data/sink.db) and `demo` write under the working directory: a volume.
 WORKDIR /var/lib/consumer
