@@ -414,3 +414,12 @@ def test_the_packaged_chart_carries_the_rules_and_dashboards_but_not_their_tests
     assert {"files/prometheus-rules/recording.yml", "files/grafana-dashboards/microbatch-consumer.json",
             "values.schema.json", "templates/NOTES.txt"} <= names
     assert not any(n.endswith(".test.yml") for n in names)
+
+
+def test_the_app_version_is_the_packages_version() -> None:
+    from consumer import __version__
+
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    assert chart["appVersion"] == __version__ == compose["x-consumer-image"]["build"]["args"]["VERSION"]
+    assert chart["kubeVersion"] == f">={OLDEST_KUBERNETES}-0"
