@@ -1,8 +1,9 @@
 """`dlq inspect`: read the dead-letter topic without disturbing any consumer group, summarise and list it.
 
 The reader assigns every partition and reads from a start offset up to the end it saw when it got there
-(librdkafka's partition EOF, which comes from the high watermark of a fetch response). ListOffsets is not
-used: Tansu answers it wrongly once a partition holds multi-record batches. Inspecting never joins a group
+(librdkafka's partition EOF, which comes from the high watermark of a fetch response), with no extra
+round trip; it also holds on Tansu, the demo's broker, whose ListOffsets(latest) is wrong once a partition
+holds multi-record batches. Inspecting never joins a group
 and never commits, so neither the service's group nor the replay's position moves.
 
 The selection (filters) and the reader are shared with `dlq replay` (consumer/dlq_replay.py).

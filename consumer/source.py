@@ -251,8 +251,8 @@ def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int, timeout
     metadata = broker_metadata(config, timeout_s)
     if topic in metadata.topics and metadata.topics[topic].error is None:
         return
-    futures = AdminClient(dict(config)).create_topics([NewTopic(topic, num_partitions=partitions)],
-                                                      request_timeout=timeout_s)
+    admin = AdminClient(dict(config))  # held while the future runs: a collected client ends the request
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)], request_timeout=timeout_s)
     try:
         futures[topic].result(timeout=timeout_s)
         log.info("created topic", extra={"topic": topic, "partitions": partitions})

@@ -33,7 +33,7 @@ from ops.testbed.net import free_port
 
 _WATCH_INTERVAL_S = 0.05  # committed offsets and process stats: the resolution of every service timing
 _SCRAPE_EVERY_S = 2.0  # /metrics as a Prometheus would scrape it (the service serves metrics throughout)
-_READY_TIMEOUT_S = 120.0  # Tansu answers JoinGroup after half the session timeout (22.5 s by default)
+_READY_TIMEOUT_S = 120.0  # Tansu (BENCH_BROKER=tansu) answers JoinGroup after half the session timeout
 _STALL_S = 120.0
 _STOP_TIMEOUT_S = 60.0
 _HTTP_TIMEOUT_S = 2.0

@@ -1,8 +1,8 @@
 """`run` with WORKERS=2: one supervisor, two real worker processes in one group, one endpoint.
 
 Real broker, real PostgreSQL and SQLite, real processes. The supervisor is the process the `service`
-fixture starts; workers are found through its /status. A group join with Tansu takes about half the
-session timeout and the second worker's join rebalances the first, so every step waits on a condition.
+fixture starts; workers are found through its /status. The second worker's join rebalances the first, so every step
+waits on a condition.
 """
 
 from __future__ import annotations

