@@ -1,0 +1,1 @@
+"""Observability: every metric, the HTTP endpoints (/metrics, /healthz, /readyz, /status), lag and logs."""

@@ -1,0 +1,1 @@
+"""WORKERS > 1: the supervisor of worker processes and the merging of their metrics."""
