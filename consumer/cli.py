@@ -17,7 +17,7 @@ from types import FrameType
 
 from consumer import __version__
 from consumer.errors import ConfigError, PermanentError
-from consumer.logs import configure, secret_values
+from consumer.observability.logs import configure, secret_values
 from consumer.settings import Settings, load_settings
 
 log = logging.getLogger("consumer")
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--records", type=int, default=5000, help="events to produce (default 5000)")
     demo.add_argument("--keep-running", action="store_true", help="keep serving until Ctrl-C")
     demo.add_argument("--format", choices=("text", "json"), default="text", help="output format of the summary")
-    from consumer.tools import add_tool_parsers
+    from consumer.tools.commands import add_tool_parsers
 
     add_tool_parsers(commands)  # dlq inspect, dlq replay, produce
     return parser
@@ -65,17 +65,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
-            from consumer.demo import run_demo
+            from consumer.tools.demo import run_demo
 
             return run_demo(records=args.records, keep_running=args.keep_running, fmt=args.format)
         if args.command in ("dlq", "produce"):
-            from consumer.tools import run_tool
+            from consumer.tools.commands import run_tool
 
             return run_tool(args)
         settings = load_settings()
         configure(settings.log_level.value, settings.log_format.value, secret_values(settings))
         if args.command == "check":
-            from consumer.check import run_check
+            from consumer.tools.check import run_check
 
             return run_check(settings)
         return _run(settings, args.worker, args.worker_metrics_port)
@@ -93,18 +93,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(settings: Settings, worker: int | None = None, worker_port: int | None = None) -> int:
-    from consumer.app import build
+    from consumer.service.app import build
 
     settings.require_bootstrap()
     stop = threading.Event()
     if worker is not None and worker_port is not None:
-        from consumer.supervisor import become_worker
+        from consumer.workers.supervisor import become_worker
 
         settings = become_worker(settings, worker, worker_port, stop)
     log.info("starting", extra={"version": __version__, "settings": settings.masked()})
     install_stop_handlers(stop)
     if worker is None and settings.workers > 1:
-        from consumer.supervisor import supervise
+        from consumer.workers.supervisor import supervise
 
         return supervise(settings, stop)
     return build(settings, stop).run()

@@ -18,16 +18,8 @@ from fastavro import schemaless_reader
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException
 
-from consumer.errors import (
-    ConfigError,
-    DecodeError,
-    MissingKeyError,
-    PoisonRecordError,
-    RecordTooLargeError,
-)
-from consumer.records import DeadLetter, DecodedRecord, RawRecord, Stage
-from consumer.registry import SchemaNotFound, SchemaRegistryClient
-from consumer.schema import (
+from consumer.decode.registry import SchemaNotFound, SchemaRegistryClient
+from consumer.decode.schema import (
     AvroSchema,
     ColumnKind,
     ColumnSpec,
@@ -42,6 +34,14 @@ from consumer.schema import (
     reading_uuids_as_text,
     to_json_text,
 )
+from consumer.errors import (
+    ConfigError,
+    DecodeError,
+    MissingKeyError,
+    PoisonRecordError,
+    RecordTooLargeError,
+)
+from consumer.records import DeadLetter, DecodedRecord, RawRecord, Stage
 
 # What fastavro raises on bytes that are not a value of the schema (truncated, garbage, bad utf-8).
 _AVRO_DATA_ERRORS = (

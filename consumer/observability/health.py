@@ -13,7 +13,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.clock import Clock
-from consumer.logs import redactor
+from consumer.observability.logs import redactor
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from consumer.clock import Clock
-from consumer.metrics import Metrics
+from consumer.observability.metrics import Metrics
 from consumer.records import TopicPartition
 
 Offsets = Callable[[TopicPartition], int | None]

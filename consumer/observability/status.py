@@ -14,12 +14,12 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from consumer.breaker import BreakerState
 from consumer.clock import Clock, SystemClock
-from consumer.health import HealthState
-from consumer.lag import PartitionLag
-from consumer.metrics import Outcome
+from consumer.observability.health import HealthState
+from consumer.observability.lag import PartitionLag
+from consumer.observability.metrics import Outcome
 from consumer.records import BatchResult, TopicPartition
+from consumer.service.breaker import BreakerState
 
 log = logging.getLogger(__name__)
 

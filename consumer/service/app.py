@@ -16,11 +16,8 @@ from confluent_kafka import KafkaException
 from prometheus_client import CollectorRegistry
 
 from consumer import __version__
-from consumer.adaptive import AdaptiveBatchSize
-from consumer.batcher import Batcher
-from consumer.breaker import CircuitBreaker
 from consumer.clock import Clock, SystemClock
-from consumer.decoder import (
+from consumer.decode.decoder import (
     Decoder,
     JsonDecoder,
     RegistryAvroDecoder,
@@ -28,22 +25,25 @@ from consumer.decoder import (
     ValueDecoder,
     key_source,
 )
-from consumer.dlq import DlqGuard, KafkaDeadLetterPublisher
+from consumer.decode.registry import SchemaRegistryClient
+from consumer.decode.schema import AvroSchema, field_names, load_schema_file, parse_schema
 from consumer.errors import ConfigError, TransientError
-from consumer.health import HealthServer, HealthState
-from consumer.logs import secret_values
-from consumer.metrics import Dependency, Metrics
-from consumer.offsets import OffsetTracker
-from consumer.pipeline import Pipeline
-from consumer.ratelimit import TokenBucket
-from consumer.registry import SchemaRegistryClient
-from consumer.retry import Backoff
-from consumer.runner import Runner
-from consumer.schema import AvroSchema, field_names, load_schema_file, parse_schema
+from consumer.kafka.dead_letters import DlqGuard, KafkaDeadLetterPublisher
+from consumer.kafka.source import KafkaSource, ensure_topic, partition_count
+from consumer.observability.health import HealthServer, HealthState
+from consumer.observability.logs import secret_values
+from consumer.observability.metrics import Dependency, Metrics
+from consumer.observability.status import StatusBoard
+from consumer.service.adaptive import AdaptiveBatchSize
+from consumer.service.batcher import Batcher
+from consumer.service.breaker import CircuitBreaker
+from consumer.service.offsets import OffsetTracker
+from consumer.service.pipeline import Pipeline
+from consumer.service.ratelimit import TokenBucket
+from consumer.service.retry import Backoff
+from consumer.service.runner import Runner
 from consumer.settings import GroupProtocol, Settings, ValueFormat, WriteMode
-from consumer.sink import SqlSink, create_sink_engine
-from consumer.source import KafkaSource, ensure_topic, partition_count
-from consumer.status import StatusBoard
+from consumer.sql.sink import SqlSink, create_sink_engine
 
 log = logging.getLogger(__name__)
 

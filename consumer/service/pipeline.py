@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from consumer.clock import Clock
-from consumer.decoder import DecodedBatch, Decoder
-from consumer.dlq import DeadLetterSink, DlqGuard
+from consumer.decode.decoder import DecodedBatch, Decoder
 from consumer.errors import RecordRejectedError
+from consumer.kafka.dead_letters import DeadLetterSink, DlqGuard
 from consumer.records import Batch, BatchResult, DeadLetter, DecodedRecord, Stage, TopicCounts
-from consumer.sink import Sink
+from consumer.sql.sink import Sink
 
 
 @dataclass(frozen=True, slots=True)

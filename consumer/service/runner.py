@@ -19,21 +19,28 @@ from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-from consumer.adaptive import AdaptiveBatchSize
-from consumer.batcher import Batcher
-from consumer.breaker import BreakerState, CircuitBreaker
 from consumer.clock import Clock
 from consumer.errors import GuardTrippedError, RegistryUnavailableError, TransientError
-from consumer.health import HealthState
-from consumer.lag import LagMonitor, oldest_timestamp_ms
-from consumer.metrics import BatchOutcome, BatchStage, Dependency, Metrics, Outcome, RebalanceKind
-from consumer.offsets import OffsetTracker
-from consumer.pipeline import BatchProcessor, Decoded
-from consumer.ratelimit import TokenBucket
+from consumer.kafka.source import Source
+from consumer.observability.health import HealthState
+from consumer.observability.lag import LagMonitor, oldest_timestamp_ms
+from consumer.observability.metrics import (
+    BatchOutcome,
+    BatchStage,
+    Dependency,
+    Metrics,
+    Outcome,
+    RebalanceKind,
+)
+from consumer.observability.status import StatusBoard
 from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
-from consumer.retry import Backoff
-from consumer.source import Source
-from consumer.status import StatusBoard
+from consumer.service.adaptive import AdaptiveBatchSize
+from consumer.service.batcher import Batcher
+from consumer.service.breaker import BreakerState, CircuitBreaker
+from consumer.service.offsets import OffsetTracker
+from consumer.service.pipeline import BatchProcessor, Decoded
+from consumer.service.ratelimit import TokenBucket
+from consumer.service.retry import Backoff
 
 log = logging.getLogger(__name__)
 

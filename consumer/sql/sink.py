@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.pool import StaticPool
 
+from consumer.decode.schema import ColumnKind, ColumnSpec
 from consumer.errors import (
     ConfigError,
     ConsumerError,
@@ -36,7 +37,6 @@ from consumer.errors import (
     SinkUnavailableError,
 )
 from consumer.records import DecodedRecord, WriteResult
-from consumer.schema import ColumnKind, ColumnSpec
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import fastavro
 
-from consumer.schema import AvroSchema
+from consumer.decode.schema import AvroSchema
 
 _MAX_DEPTH = 4  # nesting beyond which arrays and maps are empty and unions prefer null (recursive schemas)
 _MAX_ITEMS = 3

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from consumer.app import build_value_decoder, kafka_client_config
+from consumer.decode.registry import SchemaRegistryClient
 from consumer.errors import ConfigError, ConsumerError
-from consumer.registry import SchemaRegistryClient
+from consumer.kafka.source import partition_count
+from consumer.service.app import build_value_decoder, kafka_client_config
 from consumer.settings import Settings
-from consumer.sink import SqlSink, create_sink_engine
-from consumer.source import partition_count
+from consumer.sql.sink import SqlSink, create_sink_engine
 
 
 def run_check(settings: Settings) -> int:

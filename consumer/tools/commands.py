@@ -11,20 +11,20 @@ import argparse
 import sys
 from typing import Any
 
-from consumer.app import kafka_client_config
 from consumer.errors import TransientError
-from consumer.logs import configure
+from consumer.kafka.source import broker_metadata
+from consumer.observability.logs import configure
+from consumer.service.app import kafka_client_config
 from consumer.settings import load_settings
-from consumer.source import broker_metadata
 
 _EXIT_FAILURE = 1
 
 
 def add_tool_parsers(commands: Any) -> None:
     """Add the tools' subcommands to cli's `add_subparsers()` result."""
-    from consumer.dlq_replay import REPLAY_EPILOG, configure_replay
-    from consumer.dlq_tools import INSPECT_EPILOG, configure_inspect
-    from consumer.produce import PRODUCE_EPILOG, configure_produce
+    from consumer.tools.dlq_inspect import INSPECT_EPILOG, configure_inspect
+    from consumer.tools.dlq_replay import REPLAY_EPILOG, configure_replay
+    from consumer.tools.produce import PRODUCE_EPILOG, configure_produce
 
     raw = argparse.RawDescriptionHelpFormatter
     dlq = commands.add_parser(
@@ -58,13 +58,13 @@ def run_tool(args: argparse.Namespace) -> int:
     """Run `dlq inspect|replay` or `produce`; ConfigError and PermanentError propagate to cli.main."""
     configure("WARNING", "text")
     if args.command == "produce":
-        from consumer.produce import run_produce, settings_overrides
+        from consumer.tools.produce import run_produce, settings_overrides
 
         settings = load_settings(**settings_overrides(args))
         runner: Any = run_produce
     else:
-        from consumer.dlq_replay import run_replay
-        from consumer.dlq_tools import run_inspect
+        from consumer.tools.dlq_inspect import run_inspect
+        from consumer.tools.dlq_replay import run_replay
 
         settings = load_settings()
         runner = run_inspect if args.dlq_command == "inspect" else run_replay

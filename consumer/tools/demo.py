@@ -28,13 +28,13 @@ from rich.live import Live
 from rich.table import Table
 
 from consumer.clock import SystemClock
+from consumer.decode.schema import load_schema_file
 from consumer.errors import ConfigError, TransientError
-from consumer.logs import configure
-from consumer.metrics import Metrics, Outcome
-from consumer.produce import KINDS, ProducePlan, ProduceReport, produce_events
-from consumer.schema import load_schema_file
+from consumer.kafka.source import ensure_topic
+from consumer.observability.logs import configure
+from consumer.observability.metrics import Metrics, Outcome
 from consumer.settings import load_settings
-from consumer.source import ensure_topic
+from consumer.tools.produce import KINDS, ProducePlan, ProduceReport, produce_events
 
 TOPIC = "demo-events"
 GROUP = "demo"
@@ -47,7 +47,7 @@ _BREAKER = {0: "closed", 1: "half-open", 2: "open"}
 
 def _schema_path() -> Path | None:
     """schemas/event.avsc from the working directory, else from the checkout this package runs from."""
-    for candidate in (_SCHEMA_NAME, Path(__file__).resolve().parents[1] / _SCHEMA_NAME):
+    for candidate in (_SCHEMA_NAME, Path(__file__).resolve().parents[2] / _SCHEMA_NAME):
         if candidate.exists():
             return candidate
     return None
@@ -167,7 +167,7 @@ def run_demo(records: int, keep_running: bool, fmt: str = "text") -> int:
 
 def _serve(address: str, schema: Path, produced: ProduceReport, keep_running: bool, fmt: str,
            view: Console) -> int:
-    from consumer.app import build
+    from consumer.service.app import build
 
     SINK_PATH.unlink(missing_ok=True)
     settings = load_settings(
@@ -223,8 +223,8 @@ def _watch(watch: Watch, stop: threading.Event, keep_running: bool, view: Consol
 
 
 def _dead_letters_by_stage(address: str, dlq_topic: str) -> dict[str, int]:
-    from consumer.dlq_tools import Selection, inspect_topic
     from consumer.errors import ConsumerError
+    from consumer.tools.dlq_inspect import Selection, inspect_topic
 
     try:
         inspection = inspect_topic({"bootstrap.servers": address}, dlq_topic, f"{GROUP}.dlq-inspect",

@@ -25,15 +25,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from rich.console import Console
 from rich.table import Table
 
-from consumer.decoder import ValueDecoder
-from consumer.dlq import HEADER_PREFIX
+from consumer.decode.decoder import ValueDecoder
+from consumer.decode.schema import to_json_text
 from consumer.errors import BrokerUnavailableError, ConfigError, ConsumerError, FatalError
+from consumer.kafka.dead_letters import HEADER_PREFIX
 from consumer.records import RawRecord, Stage
-from consumer.schema import to_json_text
 from consumer.settings import Settings
 
 # The contract's dead-letter headers (CONTRACT.md "Dead-letter records"); a unit test checks these are
-# exactly the names consumer.dlq.dead_letter_headers writes.
+# exactly the names consumer.kafka.dead_letters.dead_letter_headers writes.
 ORIGINAL_TOPIC = "dlq.original.topic"
 ORIGINAL_PARTITION = "dlq.original.partition"
 ORIGINAL_OFFSET = "dlq.original.offset"
@@ -546,7 +546,7 @@ def dlq_topic(settings: Settings, args: argparse.Namespace) -> str:
 def previewer(settings: Settings, enabled: bool) -> Previewer:
     if not enabled:
         return Previewer(None)
-    from consumer.app import build_value_decoder
+    from consumer.service.app import build_value_decoder
 
     try:
         decoder, _fields = build_value_decoder(settings)
@@ -562,7 +562,7 @@ def output_console() -> Console:
 
 
 def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.app import kafka_client_config
+    from consumer.service.app import kafka_client_config
 
     selection = selection_from(args)
     limit = args.limit or (None if args.format == "json" else _TEXT_LIMIT)

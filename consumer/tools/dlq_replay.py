@@ -34,7 +34,9 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from consumer.dlq_tools import (
+from consumer.errors import BrokerUnavailableError, ConfigError, FatalError
+from consumer.settings import Settings
+from consumer.tools.dlq_inspect import (
     ATTEMPTS,
     REPLAY_COUNT,
     DlqEntry,
@@ -54,9 +56,7 @@ from consumer.dlq_tools import (
     selection_from,
     tool_consumer,
 )
-from consumer.errors import BrokerUnavailableError, ConfigError, FatalError
-from consumer.progress import Advance, progress_bar, stderr_console
-from consumer.settings import Settings
+from consumer.tools.progress import Advance, progress_bar, stderr_console
 
 _FLUSH_TIMEOUT_S = 30.0
 _DEFAULT_CHUNK = 500
@@ -291,7 +291,7 @@ def configure_replay(parser: argparse.ArgumentParser) -> None:
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.app import kafka_client_config
+    from consumer.service.app import kafka_client_config
 
     selection = selection_from(args)
     plan = ReplayPlan(

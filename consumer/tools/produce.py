@@ -23,11 +23,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from consumer.avro_random import RandomValues, encode, poison
 from consumer.clock import Clock, SystemClock
+from consumer.decode.schema import AvroSchema, key_text, load_schema_file, parse_schema
 from consumer.errors import BrokerUnavailableError, ConfigError, FatalError
-from consumer.schema import AvroSchema, key_text, load_schema_file, parse_schema
 from consumer.settings import Settings
+from consumer.tools.avro_random import RandomValues, encode, poison
 
 KINDS = ("valid", "duplicate", "poison", "tombstone")
 _RECENT = 1000  # earlier valid events a duplicate is drawn from
@@ -276,7 +276,7 @@ def _ratio(text: str) -> float:
 
 
 def configure_produce(parser: argparse.ArgumentParser) -> None:
-    from consumer.dlq_tools import positive_int
+    from consumer.tools.dlq_inspect import positive_int
 
     parser.add_argument("--topic", help="topic to produce to (default: the first of CONSUMER_TOPICS)")
     parser.add_argument("--schema", type=Path, help="Avro schema file (.avsc) (default SCHEMA_FILE)")
@@ -318,7 +318,7 @@ def _schema_for(settings: Settings, args: argparse.Namespace, topic: str) -> tup
         if settings.schema_file is None:
             raise ConfigError("SCHEMA_FILE: required by produce (or pass --schema)")
         return load_schema_file(settings.schema_file), None
-    from consumer.registry import SchemaNotFound, SchemaRegistryClient
+    from consumer.decode.registry import SchemaNotFound, SchemaRegistryClient
 
     if not settings.schema_registry_url:
         raise ConfigError("SCHEMA_REGISTRY_URL: required by produce --wire-format (or pass --registry-url)")
@@ -343,9 +343,9 @@ def _schema_for(settings: Settings, args: argparse.Namespace, topic: str) -> tup
 
 
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.app import kafka_client_config
-    from consumer.progress import progress_bar, stderr_console
-    from consumer.source import ensure_topic
+    from consumer.kafka.source import ensure_topic
+    from consumer.service.app import kafka_client_config
+    from consumer.tools.progress import progress_bar, stderr_console
 
     topic = settings.consumer_topics[0]
     schema, schema_id = _schema_for(settings, args, topic)

@@ -9,7 +9,7 @@ supervisor never writes: when the supervisor dies, even by SIGKILL, the pipe clo
 gracefully, so no orphan keeps consuming.
 
 The supervisor owns METRICS_PORT. `/metrics` scrapes the workers and merges their expositions
-(`consumer.aggregate`) rather than using prometheus_client's multiprocess mode: that mode needs a shared
+(`consumer.workers.aggregate`) rather than using prometheus_client's multiprocess mode: that mode needs a shared
 directory named by an environment variable read inside prometheus_client, a per-gauge merge mode declared
 on every metric, and cleanup of dead processes' files, and it would not give `/healthz`, `/readyz` and
 `/status` anyway, which must come from the workers. `/healthz` is 200 only while every worker runs and
@@ -42,11 +42,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from consumer import __version__
-from consumer.aggregate import CONTENT_TYPE, Families, cumulative, families_of, merge, parse, render
 from consumer.clock import Clock, SystemClock
-from consumer.health import EndpointHandler
-from consumer.metrics import SupervisorMetrics
+from consumer.observability.health import EndpointHandler
+from consumer.observability.metrics import SupervisorMetrics
 from consumer.settings import Settings
+from consumer.workers.aggregate import CONTENT_TYPE, Families, cumulative, families_of, merge, parse, render
 
 log = logging.getLogger(__name__)
 

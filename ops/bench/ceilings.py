@@ -1,6 +1,6 @@
 """The ceilings, each a bare loop over one dependency, and beside each the service's own code on the same
-data: consume (confluent-kafka), decode (fastavro vs consumer.decoder), sink (psycopg binary COPY vs
-consumer.sink.SqlSink). Preparation (building records, decoding rows for a sink) is never timed; the
+data: consume (confluent-kafka), decode (fastavro vs consumer.decode.decoder), sink (psycopg binary COPY vs
+consumer.sql.sink.SqlSink). Preparation (building records, decoding rows for a sink) is never timed; the
 service's and the bare loop's turns alternate batch by batch, so noise on a shared machine hits both.
 """
 
@@ -19,12 +19,12 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from consumer.decoder import Decoder, SchemalessAvroDecoder, key_source
-from consumer.pipeline import collapse_duplicates
+from consumer.decode.decoder import Decoder, SchemalessAvroDecoder, key_source
+from consumer.decode.schema import field_names, load_schema_file
 from consumer.records import DecodedRecord, RawRecord
-from consumer.schema import field_names, load_schema_file
+from consumer.service.pipeline import collapse_duplicates
 from consumer.settings import Settings
-from consumer.sink import SqlSink, create_sink_engine
+from consumer.sql.sink import SqlSink, create_sink_engine
 from ops.bench.config import SCHEMA_FILE
 from ops.bench.db import backend_cpu_seconds, libpq_url, named
 from ops.bench.events import IDEMPOTENCY_KEY
@@ -135,7 +135,7 @@ def _stalled(since: float, what: str) -> None:
 
 
 def service_decoder() -> Decoder:
-    """consumer.decoder as the service builds it for SCHEMA_FILE + IDEMPOTENCY_KEY=field:event_id."""
+    """consumer.decode.decoder as the service builds it for SCHEMA_FILE + IDEMPOTENCY_KEY=field:event_id."""
     schema = load_schema_file(SCHEMA_FILE)
     return Decoder(SchemalessAvroDecoder(schema), key_source(IDEMPOTENCY_KEY, field_names(schema)),
                    IDEMPOTENCY_KEY, _MAX_RECORD_BYTES)
@@ -151,7 +151,7 @@ def raw_records(topic: str, values: Sequence[bytes], start: int, partitions: int
 def decode_pair(
     values: Sequence[bytes], topic: str, partitions: int, progress: Progress
 ) -> tuple[PhaseResult, PhaseResult]:
-    """fastavro.schemaless_reader over the pre-fetched values, and consumer.decoder.Decoder.decode_batch
+    """fastavro.schemaless_reader over the pre-fetched values, and consumer.decode.decoder.Decoder.decode_batch
     beside it on the same values."""
     schema = fastavro.parse_schema(load_schema_file(SCHEMA_FILE))
     decoder = service_decoder()
@@ -177,7 +177,7 @@ def decode_pair(
     return (
         PhaseResult("decode_ceiling", "decode ceiling (bare fastavro)", bare.records, nbytes, bare.seconds,
                     bare.cpu_seconds, series=bare.series),
-        PhaseResult("service_decoder", "service decoder (consumer.decoder)", ours.records, nbytes, ours.seconds,
+        PhaseResult("service_decoder", "service decoder (consumer.decode.decoder)", ours.records, nbytes, ours.seconds,
                     ours.cpu_seconds, series=ours.series),
     )
 
@@ -254,7 +254,7 @@ def _timestamp(ms: int) -> dt.datetime:
 def sink_pair(
     url: str, values: Sequence[bytes], topic: str, partitions: int, tables: tuple[str, str], progress: Progress
 ) -> tuple[PhaseResult, PhaseResult]:
-    """The COPY ceiling and consumer.sink.SqlSink, each on a fresh table, fed the same de-duplicated rows
+    """The COPY ceiling and consumer.sql.sink.SqlSink, each on a fresh table, fed the same de-duplicated rows
     batch by batch (BATCH_MAX_RECORDS records a batch, as the service cuts them)."""
     schema = fastavro.parse_schema(load_schema_file(SCHEMA_FILE))
     decoder = service_decoder()
@@ -290,7 +290,7 @@ def sink_pair(
         PhaseResult("sink_ceiling", "sink ceiling (psycopg binary COPY)", bare_watch.records, nbytes,
                     bare_watch.seconds, bare_watch.cpu_seconds, bare_db,
                     series=bare_watch.series, extra={"rows_written": written[0], "table": tables[0]}),
-        PhaseResult("service_sink", "service sink (consumer.sink)", our_watch.records, nbytes,
+        PhaseResult("service_sink", "service sink (consumer.sql.sink)", our_watch.records, nbytes,
                     our_watch.seconds, our_watch.cpu_seconds, our_db,
                     series=our_watch.series, extra={"rows_written": written[1], "table": tables[1]}),
     )

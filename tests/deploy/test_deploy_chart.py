@@ -38,7 +38,7 @@ from deploy_support import (
 )
 
 from consumer.settings import Settings
-from consumer.supervisor import _STOP_MARGIN_S
+from consumer.workers.supervisor import _STOP_MARGIN_S
 
 RECOMMENDED_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
                       "app.kubernetes.io/component", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by",

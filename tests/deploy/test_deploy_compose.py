@@ -25,7 +25,7 @@ from deploy_support import (
 
 from consumer.cli import _parser
 from consumer.settings import load_settings
-from consumer.supervisor import _STOP_MARGIN_S
+from consumer.workers.supervisor import _STOP_MARGIN_S
 
 ENV_EXAMPLE = ROOT / ".env.example"
 COMPOSE_ONLY = re.compile(r"^(LOADGEN_|GRAFANA_)")  # interpolation variables that are not service settings

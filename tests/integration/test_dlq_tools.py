@@ -27,7 +27,7 @@ from support.service import BASE_ENV, ServiceProcess, free_port
 from support.services import TcpProxy, local_kafka
 from support.waiting import wait_until
 
-from consumer.dlq import dead_letter_headers
+from consumer.kafka.dead_letters import dead_letter_headers
 from consumer.records import DeadLetter, RawRecord, Stage
 
 StartService = Callable[..., ServiceProcess]

@@ -18,11 +18,11 @@ import pytest
 from support.db import connect, drop_table, fetch
 from support.events import SCHEMA_PATH, encode, make_event
 
-from consumer.decoder import SchemalessAvroDecoder
+from consumer.decode.decoder import SchemalessAvroDecoder
+from consumer.decode.schema import ColumnKind, ColumnSpec, columns_of, load_schema_file
 from consumer.errors import RecordRejectedError
 from consumer.records import DecodedRecord, RawRecord
-from consumer.schema import ColumnKind, ColumnSpec, columns_of, load_schema_file
-from consumer.sink import SqlSink, create_sink_engine
+from consumer.sql.sink import SqlSink, create_sink_engine
 
 FALLBACK = "not writable as binary COPY"
 POSTGRES = pytest.mark.parametrize("sink_url", ["postgresql"], indirect=True)
@@ -64,7 +64,7 @@ def test_binary_copy_writes_exactly_what_text_copy_writes(
     records = [_record(i, decoder.decode(encode(event))[1]) for i, event in enumerate(events)]
     for sink in (binary, text):
         sink.prepare(columns_of(schema))
-        with caplog.at_level(logging.INFO, logger="consumer.sink"):
+        with caplog.at_level(logging.INFO, logger="consumer.sql.sink"):
             assert sink.write(records).written == {"t": 200}
     assert FALLBACK not in caplog.text  # every value went as binary
     written = _rows(sink_url, sink_table)
@@ -133,7 +133,7 @@ def test_naive_datetimes_fall_back_to_text_copy_and_are_written(
         sink.prepare(columns)
         naive = dt.datetime(2024, 5, 6, 7, 8, 9, 123000)
         ident = str(uuid.UUID(int=42))
-        with caplog.at_level(logging.INFO, logger="consumer.sink"):
+        with caplog.at_level(logging.INFO, logger="consumer.sql.sink"):
             assert sink.write([_record(i, {"at": naive, "u": ident}) for i in range(3)]).written == {"t": 3}
         assert caplog.text.count(FALLBACK) == 1
         assert sink.write([_record(9, {"at": naive, "u": ident})]).written == {"t": 1}  # text from now on

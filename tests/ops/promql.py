@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from prometheus_client import CollectorRegistry
 
-from consumer.metrics import Metrics
+from consumer.observability.metrics import Metrics
 
 OPS = Path(__file__).resolve().parents[2] / "ops"
 DASHBOARDS = sorted((OPS / "grafana" / "dashboards").glob("*.json"))

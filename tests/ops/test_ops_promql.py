@@ -21,7 +21,7 @@ from promql import (
     variable_query_names,
 )
 
-from consumer.metrics import Metrics
+from consumer.observability.metrics import Metrics
 
 
 def _known() -> set[str]:

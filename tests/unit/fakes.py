@@ -11,10 +11,10 @@ import threading
 from collections import deque
 from collections.abc import Collection, Mapping
 
-from consumer.decoder import DecodedBatch
-from consumer.pipeline import Collapsed, Decoded
+from consumer.decode.decoder import DecodedBatch
+from consumer.kafka.source import CommitOutcome, RebalanceListener
 from consumer.records import Batch, BatchResult, RawRecord, TopicCounts, TopicPartition
-from consumer.source import CommitOutcome, RebalanceListener
+from consumer.service.pipeline import Collapsed, Decoded
 
 _IDLE_WAIT_S = 0.005  # an empty poll waits this long, as a real one waits for its timeout, so loops do not spin
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.adaptive import AdaptiveBatchSize
+from consumer.service.adaptive import AdaptiveBatchSize
 
 
 def _settle(adaptive: AdaptiveBatchSize, fixed_s: float, per_row_s: float, rounds: int = 30) -> list[int]:

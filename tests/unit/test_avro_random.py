@@ -13,11 +13,11 @@ import fastavro
 import pytest
 from fakeclock import FakeClock
 
-from consumer.avro_random import RandomValues, encode, named_types, poison
-from consumer.decoder import SchemalessAvroDecoder
+from consumer.decode.decoder import SchemalessAvroDecoder
+from consumer.decode.schema import load_schema_file
 from consumer.errors import ConfigError, DecodeError
-from consumer.produce import EventMaker, Pacer, ProducePlan, default_id_field
-from consumer.schema import load_schema_file
+from consumer.tools.avro_random import RandomValues, encode, named_types, poison
+from consumer.tools.produce import EventMaker, Pacer, ProducePlan, default_id_field
 
 ALL_TYPES = Path(__file__).resolve().parents[2] / "schemas" / "all_types.avsc"
 

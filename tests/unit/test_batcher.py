@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from fakeclock import FakeClock
 
-from consumer.batcher import Batcher
 from consumer.records import CloseReason, RawRecord
+from consumer.service.batcher import Batcher
 
 
 def rec(offset: int, partition: int = 0, size: int = 10, topic: str = "t") -> RawRecord:

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 from fakeclock import FakeClock
 
-from consumer.breaker import BreakerState, CircuitBreaker
-from consumer.retry import Backoff
+from consumer.service.breaker import BreakerState, CircuitBreaker
+from consumer.service.retry import Backoff
 
 
 def test_opens_after_threshold_consecutive_failures() -> None:

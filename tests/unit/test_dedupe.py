@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from consumer.pipeline import collapse_duplicates
 from consumer.records import DecodedRecord, RawRecord
+from consumer.service.pipeline import collapse_duplicates
 
 
 def d(key: str, offset: int, partition: int = 0) -> DecodedRecord:

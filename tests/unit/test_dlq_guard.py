@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.dlq import DlqGuard
 from consumer.errors import GuardTrippedError
+from consumer.kafka.dead_letters import DlqGuard
 
 
 def _passes(guard: DlqGuard, size: int, dead: list[int]) -> bool:

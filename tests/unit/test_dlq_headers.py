@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import datetime as dt
 
-from consumer.dlq import dead_letter_headers
+from consumer.kafka.dead_letters import dead_letter_headers
 from consumer.records import DeadLetter, RawRecord, Stage
 
 WHEN = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)

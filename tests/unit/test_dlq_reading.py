@@ -8,11 +8,18 @@ import datetime as dt
 
 import pytest
 
-from consumer.dlq import dead_letter_headers
-from consumer.dlq_replay import default_group
-from consumer.dlq_tools import CONTRACT_HEADERS, DlqEntry, ForeignRecord, Selection, parse, parse_moment
+from consumer.kafka.dead_letters import dead_letter_headers
 from consumer.records import DeadLetter, RawRecord, Stage
 from consumer.settings import Settings
+from consumer.tools.dlq_inspect import (
+    CONTRACT_HEADERS,
+    DlqEntry,
+    ForeignRecord,
+    Selection,
+    parse,
+    parse_moment,
+)
+from consumer.tools.dlq_replay import default_group
 
 FAILED_AT = dt.datetime(2024, 3, 1, 12, 0, tzinfo=dt.UTC)
 

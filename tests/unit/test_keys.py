@@ -7,10 +7,10 @@ import uuid
 import pytest
 from support.events import encode, make_event, parsed_schema
 
-from consumer.decoder import Decoder, JsonDecoder, SchemalessAvroDecoder, key_source
+from consumer.decode.decoder import Decoder, JsonDecoder, SchemalessAvroDecoder, key_source
+from consumer.decode.schema import key_text
 from consumer.errors import ConfigError
 from consumer.records import RawRecord, Stage
-from consumer.schema import key_text
 
 
 def raw(value: bytes | None = b"{}", key: bytes | None = None, headers=(), offset: int = 7) -> RawRecord:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fakeclock import FakeClock
 from prometheus_client import CollectorRegistry
 
-from consumer.lag import LagMonitor, oldest_timestamp_ms
-from consumer.metrics import Metrics
+from consumer.observability.lag import LagMonitor, oldest_timestamp_ms
+from consumer.observability.metrics import Metrics
 
 A, B = ("t", 0), ("t", 1)
 

@@ -6,7 +6,6 @@ import json
 import logging
 
 import pytest
-
 from consumer.logs import (
     JsonFormatter,
     RedactingFormatter,
@@ -15,6 +14,7 @@ from consumer.logs import (
     secret_values,
     url_password,
 )
+
 from consumer.settings import load_settings
 
 

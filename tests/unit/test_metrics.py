@@ -7,7 +7,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 from support.contract import CONTRACT, contract_metrics, read_contract_metrics
 
-from consumer.metrics import Metrics
+from consumer.observability.metrics import Metrics
 
 _TYPES = {Counter: "counter", Gauge: "gauge", Histogram: "histogram"}
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from consumer.offsets import OffsetTracker
+from consumer.service.offsets import OffsetTracker
 
 P0, P1 = ("t", 0), ("t", 1)
 

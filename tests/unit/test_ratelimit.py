@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from fakeclock import FakeClock
 
-from consumer.ratelimit import TokenBucket
+from consumer.service.ratelimit import TokenBucket
 
 
 def test_a_batch_larger_than_a_seconds_worth_passes_and_the_next_waits_out_the_debt() -> None:

@@ -19,17 +19,17 @@ from fakes import FakePipeline, FakeSource
 from prometheus_client import CollectorRegistry
 from support.waiting import wait_until
 
-from consumer.batcher import Batcher
-from consumer.breaker import CircuitBreaker
 from consumer.clock import SystemClock
 from consumer.errors import FatalError, GuardTrippedError, SinkUnavailableError
-from consumer.health import HealthState
-from consumer.metrics import Dependency, Metrics
-from consumer.offsets import OffsetTracker
-from consumer.ratelimit import TokenBucket
-from consumer.retry import Backoff
-from consumer.runner import Runner
-from consumer.status import StatusBoard
+from consumer.observability.health import HealthState
+from consumer.observability.metrics import Dependency, Metrics
+from consumer.observability.status import StatusBoard
+from consumer.service.batcher import Batcher
+from consumer.service.breaker import CircuitBreaker
+from consumer.service.offsets import OffsetTracker
+from consumer.service.ratelimit import TokenBucket
+from consumer.service.retry import Backoff
+from consumer.service.runner import Runner
 
 TOPIC = "t"
 PARTITIONS = [(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]

@@ -5,8 +5,8 @@ import json
 
 from support.events import SCHEMA_PATH
 
-from consumer.schema import ColumnKind as K
-from consumer.schema import (
+from consumer.decode.schema import ColumnKind as K
+from consumer.decode.schema import (
     ColumnSpec,
     cell_converters,
     columns_of,

@@ -10,12 +10,12 @@ import pytest
 from fakeclock import FakeClock
 from prometheus_client import CollectorRegistry
 
-from consumer.breaker import BreakerState
 from consumer.errors import SinkUnavailableError
-from consumer.health import HealthServer, HealthState, status_body
-from consumer.lag import PartitionLag
+from consumer.observability.health import HealthServer, HealthState, status_body
+from consumer.observability.lag import PartitionLag
+from consumer.observability.status import StatusBoard
 from consumer.records import Batch, BatchResult, CloseReason, RawRecord, TopicCounts
-from consumer.status import StatusBoard
+from consumer.service.breaker import BreakerState
 
 SETTINGS = {"DLQ_MAX_RATIO": 0.2, "DLQ_GUARD_MIN_RECORDS": 1000, "SINK_URL": "postgresql://u:***@h/db"}
 
@@ -124,7 +124,7 @@ def test_summary_is_logged_once_per_interval_with_rates_lag_and_outcomes(
 ) -> None:
     clock = FakeClock()
     _, board = _board(clock, summary_s=30.0)
-    caplog.set_level(logging.INFO, logger="consumer.status")
+    caplog.set_level(logging.INFO, logger="consumer.observability.status")
     board.batch(_result(300))
     clock.advance(29)
     board.partitions([PartitionLag("t", 0, 0, 40, 40, 2.5)], paused={("t", 0)})

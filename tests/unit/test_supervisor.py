@@ -6,9 +6,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.aggregate import Families, cumulative, families_of, merge, parse, render
-from consumer.metrics import Metrics, SupervisorMetrics
-from consumer.supervisor import Decision, RestartPolicy
+from consumer.observability.metrics import Metrics, SupervisorMetrics
+from consumer.workers.aggregate import Families, cumulative, families_of, merge, parse, render
+from consumer.workers.supervisor import Decision, RestartPolicy
 
 TOPICS = ["orders"]
 

@@ -84,7 +84,7 @@ counts a cgroup quota); 0 when `auto` has no CPU limit to follow (unknown at ren
 {{- end }}
 
 {{/* terminationGracePeriodSeconds: SHUTDOWN_TIMEOUT_MS (the batch in hand is finished and committed), plus the
-WORKERS supervisor's margin (consumer/supervisor.py _STOP_MARGIN_S = 10 s: it waits SHUTDOWN_TIMEOUT_MS + 10 s for
+WORKERS supervisor's margin (consumer/workers/supervisor.py _STOP_MARGIN_S = 10 s: it waits SHUTDOWN_TIMEOUT_MS + 10 s for
 its workers) whenever a pod may run more than one worker, plus terminationGraceMarginSeconds (closing the consumer,
 leaving the group, the kubelet's own delays). */}}
 {{- define "mbc.terminationGracePeriodSeconds" -}}
