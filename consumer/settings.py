@@ -29,20 +29,6 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _KEY_SOURCE = re.compile(r"^(key|coordinates|field:[A-Za-z_][A-Za-z0-9_]*|header:\S+)$")
 _SECRET_NAMES = ("KAFKA_SASL_PASSWORD",)
 
-# Every environment variable of the contract, spelled as operators write it; a unit test checks each one
-# maps to a `Settings` field, so a rename cannot slip through.
-CONTRACT_VARIABLES = (
-    "KAFKA_BOOTSTRAP_SERVERS", "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME",
-    "KAFKA_SASL_PASSWORD", "KAFKA_SSL_CA_LOCATION", "CONSUMER_TOPICS", "CONSUMER_GROUP_ID", "DLQ_TOPIC",
-    "SCHEMA_FILE", "SCHEMA_REGISTRY_URL", "VALUE_FORMAT", "SINK_URL", "SINK_TABLE", "SINK_WRITE_MODE",
-    "IDEMPOTENCY_KEY", "BATCH_MAX_RECORDS", "BATCH_MAX_BYTES", "BATCH_MAX_WAIT_MS", "METRICS_PORT", "LOG_LEVEL",
-    "LOG_FORMAT", "KAFKA_SESSION_TIMEOUT_MS", "KAFKA_MAX_POLL_INTERVAL_MS", "KAFKA_EXTRA", "SHUTDOWN_TIMEOUT_MS",
-    "RETRY_BACKOFF_INITIAL_MS", "RETRY_BACKOFF_MAX_MS", "BREAKER_FAILURE_THRESHOLD", "BREAKER_RESET_TIMEOUT_MS",
-    "DLQ_MAX_RATIO", "DLQ_GUARD_MIN_RECORDS", "SINK_MAX_RECORDS_PER_SECOND", "BATCH_TARGET_LATENCY_MS",
-    "MAX_RECORD_BYTES", "SINK_PASSWORD_FILE", "LIVENESS_WINDOW_S",
-)
-
-
 class ValueFormat(StrEnum):
     AVRO = "avro"
     JSON = "json"
@@ -86,7 +72,7 @@ def _comma_list(value: Any) -> Any:
 
 
 class Settings(BaseSettings):
-    """Every setting of the contract (`../shared/CONTRACT.md`); the README documents each one."""
+    """Every setting of the contract (docs/contract.md), each documented there."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_nested_delimiter="__", frozen=True, extra="ignore", case_sensitive=False

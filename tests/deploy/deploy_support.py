@@ -58,35 +58,6 @@ def venv_tool(name: str) -> str | None:
 # --- the contract ------------------------------------------------------------------------------------------
 
 
-def contract_path() -> Path:
-    """Where the service contract is read from: the one place to repoint when the repository carries its own
-    copy (docs/) instead of ../shared/CONTRACT.md beside the checkout."""
-    return ROOT.parent / "shared" / "CONTRACT.md"
-
-
-def contract_settings(text: str) -> frozenset[str]:
-    """Every environment variable named in the first column of the contract's settings tables (the section
-    from `## Settings` to the next `## `); `KAFKA_EXTRA__<PROPERTY>` is kept as its prefix `KAFKA_EXTRA__`."""
-    section = text.split("## Settings", 1)[1].split("\n## ", 1)[0]
-    names: set[str] = set()
-    for line in section.splitlines():
-        if not line.startswith("|"):
-            continue
-        first = line.strip().strip("|").split("|")[0]
-        for name in re.findall(r"`([A-Z][A-Z0-9_]*(?:<[A-Z]+>)?)`", first):
-            names.add(name.split("<", 1)[0])
-    return frozenset(names)
-
-
-def read_contract_settings() -> frozenset[str]:
-    path = contract_path()
-    if not path.is_file():
-        pytest.skip(f"the service contract is not at {path}")
-    names = contract_settings(path.read_text(encoding="utf-8"))
-    assert {"KAFKA_BOOTSTRAP_SERVERS", "CONSUMER_TOPICS", "METRICS_PORT", "SHUTDOWN_TIMEOUT_MS"} <= names, names
-    return names
-
-
 def is_service_setting(name: str, contract: frozenset[str]) -> bool:
     return name in contract or name in EXTRA_SETTINGS or bool(KAFKA_EXTRA.match(name))
 

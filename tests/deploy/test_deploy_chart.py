@@ -32,10 +32,10 @@ from deploy_support import (
     objects,
     of_kind,
     one,
-    read_contract_settings,
     render,
     workload,
 )
+from support.contract import read_contract_settings
 
 from consumer.settings import Settings
 from consumer.workers.supervisor import _STOP_MARGIN_S

@@ -18,10 +18,10 @@ from deploy_support import (
     COMPOSE_FILE,
     ROOT,
     is_service_setting,
-    read_contract_settings,
     require,
     venv_tool,
 )
+from support.contract import read_contract_settings
 
 from consumer.cli import _parser
 from consumer.settings import load_settings

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer
 from prometheus_client.parser import text_string_to_metric_families
-from support.contract import CONTRACT, read_contract_metrics
+from support.contract import read_contract_metrics
 from support.db import count_rows, via_proxy
 from support.events import encode, make_event
 from support.kafka import Msg, TopicWriter
@@ -150,12 +150,9 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
     )
 
     families = _families(svc)
-    if contract is not None:  # every contract metric, with its type and its labels
-        exported = {_exposed(f): (f.type, _label_names(f)) for f in families.values()}
-        for name, expected in contract.items():
-            assert exported.get(name) == expected, name
-    else:
-        pytest.skip(f"no contract at {CONTRACT}: the rest needs no contract but says less without it")
+    exported = {_exposed(f): (f.type, _label_names(f)) for f in families.values()}
+    for name, expected in contract.items():  # every contract metric, with its type and its labels
+        assert exported.get(name) == expected, name
 
     sample = svc.metric
     total = svc.metric_sum

@@ -7,12 +7,12 @@ import argparse
 import datetime as dt
 
 import pytest
+from support.contract import read_contract_dead_letter_headers
 
 from consumer.kafka.dead_letters import dead_letter_headers
 from consumer.records import DeadLetter, RawRecord, Stage
 from consumer.settings import Settings
 from consumer.tools.dlq_inspect import (
-    CONTRACT_HEADERS,
     DlqEntry,
     ForeignRecord,
     Selection,
@@ -32,9 +32,10 @@ def _letter(stage: Stage = Stage.SINK, topic: str = "orders", prior: tuple[tuple
                      tuple((n, v if isinstance(v, bytes) else None) for n, v in headers))
 
 
-def test_header_names_are_the_ones_the_publisher_writes() -> None:
+def test_the_publisher_writes_exactly_the_contract_headers() -> None:
     written = [name for name, _ in _letter().headers if name.startswith("dlq.")]
-    assert set(written) == set(CONTRACT_HEADERS) and len(written) == len(CONTRACT_HEADERS)
+    contract = read_contract_dead_letter_headers()
+    assert set(written) == set(contract) and len(written) == len(contract)
 
 
 def test_parse_reads_every_contract_header() -> None:

@@ -117,11 +117,15 @@ def test_require_bootstrap() -> None:
     assert str(info.value).startswith("KAFKA_BOOTSTRAP_SERVERS")
 
 
-def test_every_contract_variable_is_a_settings_field() -> None:
-    from consumer.settings import CONTRACT_VARIABLES, Settings
+def test_every_contract_variable_is_a_settings_field_and_every_field_is_in_the_contract() -> None:
+    from support.contract import read_contract_settings
 
-    missing = [name for name in CONTRACT_VARIABLES if name.lower() not in Settings.model_fields]
-    assert missing == []
+    from consumer.settings import Settings
+
+    contract = {name.rstrip("_") for name in read_contract_settings()}  # KAFKA_EXTRA__ is the field kafka_extra
+    missing = [name for name in sorted(contract) if name.lower() not in Settings.model_fields]
+    undocumented = [name.upper() for name in Settings.model_fields if name.upper() not in contract]
+    assert (missing, undocumented) == ([], [])
 
 
 @pytest.mark.parametrize(("value", "expected"), [("3", 3), (" 2 ", 2), ("auto", usable_cpus()),
