@@ -21,6 +21,35 @@ class CloseReason(StrEnum):
     SHUTDOWN = "shutdown"
 
 
+class ColumnKind(StrEnum):
+    """What a value column holds, as the decoders know it and the sink maps it to a SQL type."""
+
+    INTEGER = "integer"
+    BIGINT = "bigint"
+    FLOAT = "float"
+    DOUBLE = "double"
+    BOOLEAN = "boolean"
+    TEXT = "text"
+    BINARY = "binary"
+    TIMESTAMP = "timestamp"
+    DATE = "date"
+    TIME = "time"
+    DECIMAL = "decimal"
+    UUID = "uuid"
+    JSON = "json"
+
+
+@dataclass(frozen=True, slots=True)
+class ColumnSpec:
+    """One sink column derived from a top-level field of the value schema."""
+
+    name: str
+    kind: ColumnKind
+    nullable: bool
+    precision: int | None = None
+    scale: int | None = None
+
+
 class Stage(StrEnum):
     """Where a record failed; the `dlq.stage` header."""
 
@@ -120,3 +149,12 @@ class BatchResult:
     decode_seconds: float = 0.0
     sink_seconds: float = 0.0
     dead_letter_kinds: Mapping[tuple[str, str], int] = field(default_factory=dict)  # (stage, error_class) -> n
+
+
+@dataclass(frozen=True, slots=True)
+class CommitOutcome:
+    """What a synchronous offset commit did: a refusal is an outcome, not an error (the records are replayed)."""
+
+    committed: dict[TopicPartition, int] = field(default_factory=dict)
+    refused: dict[TopicPartition, str] = field(default_factory=dict)
+    during_rebalance: bool = False  # refused only because the group moved on (librdkafka #4059)

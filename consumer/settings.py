@@ -10,6 +10,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import unquote
 
 from pydantic import (
     Field,
@@ -228,7 +229,7 @@ class Settings(BaseSettings):
             if value is None or env in _SECRET_NAMES:
                 shown[env] = "***" if value is not None else None
             elif env == "SINK_URL":
-                shown[env] = _mask_url_password(str(value))
+                shown[env] = mask_url_password(str(value))
             else:
                 shown[env] = str(value) if isinstance(value, (Path, StrEnum)) else value
         return shown
@@ -240,8 +241,19 @@ class Settings(BaseSettings):
         return self.kafka_bootstrap_servers
 
 
-def _mask_url_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+# The password of a `scheme://user:password@host` URL (SINK_URL): masked in what is shown, and collected as a
+# secret the log formatter redacts wherever it appears.
+_URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)@")
+
+
+def mask_url_password(url: str) -> str:
+    return _URL_PASSWORD.sub(r"\1***@", url)
+
+
+def url_password(url: str) -> list[str]:
+    """The password of a `scheme://user:password@host` URL as written and percent-decoded; [] when none."""
+    found = _URL_PASSWORD.search(url)
+    return [found.group(2), unquote(found.group(2))] if found and found.group(2) else []
 
 
 def load_settings(**overrides: Any) -> Settings:

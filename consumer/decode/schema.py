@@ -14,8 +14,6 @@ import json
 import re
 import uuid
 from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +22,9 @@ import orjson
 from fastavro.schema import SchemaParseException
 
 from consumer.errors import ConfigError, DecodeError
+from consumer.records import ColumnKind, ColumnSpec
 
 AvroSchema = Any  # a parsed fastavro schema: dicts, lists and strings all the way down
-
-
-class ColumnKind(StrEnum):
-    INTEGER = "integer"
-    BIGINT = "bigint"
-    FLOAT = "float"
-    DOUBLE = "double"
-    BOOLEAN = "boolean"
-    TEXT = "text"
-    BINARY = "binary"
-    TIMESTAMP = "timestamp"
-    DATE = "date"
-    TIME = "time"
-    DECIMAL = "decimal"
-    UUID = "uuid"
-    JSON = "json"
-
-
-@dataclass(frozen=True, slots=True)
-class ColumnSpec:
-    """One sink column derived from a top-level field."""
-
-    name: str
-    kind: ColumnKind
-    nullable: bool
-    precision: int | None = None
-    scale: int | None = None
 
 
 Converter = Callable[[Any], Any]
@@ -237,34 +209,6 @@ def _json_default(value: Any) -> Any:
 # One encoder for every JSON cell: json.dumps with options builds a JSONEncoder per call, which cost
 # 0.7 of the 1.7 us a small map took (the benchmark's event has one per record). It holds no state.
 _JSON_CELL = json.JSONEncoder(default=_json_default, separators=(",", ":"), ensure_ascii=False)
-
-
-def key_text(value: Any) -> str | None:
-    """An idempotency key as text: uuids canonical, numbers in decimal, bytes as UTF-8 or hex."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        return value or None
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (bytes, bytearray)):
-        return bytes_text(bytes(value))
-    if isinstance(value, (int, decimal.Decimal, uuid.UUID)):
-        return str(value)
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    return to_json_text(value)
-
-
-def bytes_text(value: bytes) -> str | None:
-    if not value:
-        return None
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.hex()
 
 
 def merge_columns(known: Mapping[str, ColumnSpec], new: list[ColumnSpec]) -> dict[str, ColumnSpec]:

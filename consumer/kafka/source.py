@@ -8,19 +8,16 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._metadata import ClusterMetadata
-from confluent_kafka.cimpl import NewTopic
 
-from consumer.errors import BrokerUnavailableError, ConfigError, FatalError
-from consumer.records import RawRecord, TopicPartition
+from consumer.errors import FatalError
+from consumer.kafka.errors import client_construction, translate
+from consumer.records import CommitOutcome, RawRecord, TopicPartition
+from consumer.roles import RebalanceListener
 
 log = logging.getLogger(__name__)
 
@@ -33,50 +30,6 @@ _REBALANCE_CODES = frozenset({
     KafkaError.FENCED_INSTANCE_ID,
     KafkaError.STALE_MEMBER_EPOCH,
 })
-
-
-class RebalanceListener(Protocol):
-    """Called on the polling thread, inside `KafkaSource.poll()`."""
-
-    def on_assigned(self, partitions: list[TopicPartition]) -> None: ...
-
-    def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Return only after the records in hand for these partitions are written and committed."""
-
-    def on_lost(self, partitions: list[TopicPartition]) -> None:
-        """Drop records in hand for these partitions, uncommitted."""
-
-
-@dataclass(frozen=True, slots=True)
-class CommitOutcome:
-    committed: dict[TopicPartition, int] = field(default_factory=dict)
-    refused: dict[TopicPartition, str] = field(default_factory=dict)
-    during_rebalance: bool = False  # refused only because the group moved on (librdkafka #4059)
-
-
-class Source(Protocol):
-    """Where records come from, called only on the polling thread. `poll` runs the rebalance callbacks;
-    nothing here blocks longer than its timeout except `commit` (synchronous) and `close`."""
-
-    def subscribe(self, listener: RebalanceListener) -> None: ...
-
-    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
-        """Up to `max_records` records of unpaused partitions; raises FatalError or BrokerUnavailableError."""
-        ...
-
-    def pause(self, partitions: Collection[TopicPartition]) -> None: ...
-
-    def resume(self, partitions: Collection[TopicPartition]) -> None: ...
-
-    def commit(self, offsets: Mapping[TopicPartition, int]) -> CommitOutcome:
-        """Commit synchronously; a refusal is returned, not raised; raises FatalError."""
-        ...
-
-    def high_watermark(self, partition: TopicPartition) -> int | None: ...
-
-    def group_committed(self, partition: TopicPartition) -> int | None: ...
-
-    def close(self) -> None: ...
 
 
 _new_tuple = tuple.__new__
@@ -98,8 +51,8 @@ class KafkaSource:
         self._topics = topics
         self._fatal: KafkaError | None = None
         self._group_committed: dict[TopicPartition, int] = {}
-        self._consumer = Consumer({**config, "error_cb": self._on_error, "stats_cb": self._on_stats})
-        self._listener: RebalanceListener | None = None
+        with client_construction():
+            self._consumer = Consumer({**config, "error_cb": self._on_error, "stats_cb": self._on_stats})
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -126,8 +79,6 @@ class KafkaSource:
         return self._group_committed.get(partition)
 
     def subscribe(self, listener: RebalanceListener) -> None:
-        self._listener = listener
-
         def assigned(_consumer: Consumer, partitions: list[KafkaPartition]) -> None:
             listener.on_assigned([(p.topic, p.partition) for p in partitions])
 
@@ -146,7 +97,7 @@ class KafkaSource:
         try:
             messages = self._consumer.consume(num_messages=max(1, max_records), timeout=timeout_s)
         except KafkaException as exc:
-            raise _translate(exc.args[0]) from None
+            raise translate(exc) from None
         records = []
         for message in messages:
             error = message.error()
@@ -207,64 +158,3 @@ class KafkaSource:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed", extra={"error": str(exc)})
-
-
-def _translate(error: KafkaError) -> Exception:
-    if error.fatal():
-        return FatalError(f"kafka: {error.str()}")
-    return BrokerUnavailableError(f"kafka: {error.str()}")
-
-
-# What librdkafka reports (through error_cb) when the broker answered but refused us: credentials or TLS.
-# Retrying cannot help, so at start they are configuration errors naming the setting to fix.
-_REFUSALS = {
-    KafkaError._AUTHENTICATION: "KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD: the broker refused the credentials",
-    KafkaError._SSL: "KAFKA_SSL_CA_LOCATION: TLS with the broker failed",
-}
-_METADATA_POLL_S = 1.0
-
-
-def broker_metadata(config: Mapping[str, Any], timeout_s: float, topic: str | None = None) -> ClusterMetadata:
-    """Cluster metadata (of `topic` alone when given). Raises ConfigError as soon as the broker refuses our
-    credentials or its certificate is not trusted, BrokerUnavailableError when no broker answers in time."""
-    refusals: list[KafkaError] = []
-    try:
-        admin = AdminClient({**config, "error_cb": refusals.append})  # type: ignore[dict-item]
-    except KafkaException as exc:  # librdkafka refused a property: only KAFKA_EXTRA__* can name an unknown one
-        raise ConfigError(f"KAFKA_EXTRA: {exc.args[0].str()}") from None
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            return admin.list_topics(topic=topic, timeout=min(_METADATA_POLL_S, timeout_s))
-        except KafkaException as exc:
-            admin.poll(0)  # serves error_cb: the reason behind "broker transport failure", if any
-            for error in refusals:
-                if error.code() in _REFUSALS:
-                    raise ConfigError(f"{_REFUSALS[error.code()]}: {error.str()}") from None
-            if time.monotonic() >= deadline:
-                reason = refusals[-1].str() if refusals else exc.args[0].str()
-                raise BrokerUnavailableError(f"kafka: no broker answered in {timeout_s:.0f} s: {reason}") from None
-
-
-def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int, timeout_s: float = 15.0) -> None:
-    """Create `topic` if it does not exist (the dead-letter topic); an existing topic is left alone."""
-    metadata = broker_metadata(config, timeout_s)
-    if topic in metadata.topics and metadata.topics[topic].error is None:
-        return
-    admin = AdminClient(dict(config))  # held while the future runs: a collected client ends the request
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)], request_timeout=timeout_s)
-    try:
-        futures[topic].result(timeout=timeout_s)
-        log.info("created topic", extra={"topic": topic, "partitions": partitions})
-    except KafkaException as exc:
-        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-            raise BrokerUnavailableError(f"kafka: cannot create topic {topic}: {exc.args[0].str()}") from None
-
-
-def partition_count(config: Mapping[str, Any], topic: str, timeout_s: float = 15.0) -> int | None:
-    """Partitions of `topic`, or None when it does not exist yet."""
-    metadata = broker_metadata(config, timeout_s, topic)
-    described = metadata.topics.get(topic)
-    if described is None or described.error is not None or not described.partitions:
-        return None
-    return len(described.partitions)

@@ -8,13 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import unquote
 
-from consumer.settings import Settings
+from consumer.settings import Settings, url_password
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -70,12 +68,6 @@ def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
         return text
 
     return redact
-
-
-def url_password(url: str) -> list[str]:
-    """The password of a `scheme://user:password@host` URL as written and percent-decoded; [] when none."""
-    found = re.search(r"://[^:/@]+:([^@]*)@", url)
-    return [found.group(1), unquote(found.group(1))] if found and found.group(1) else []
 
 
 def secret_values(settings: Settings) -> list[str]:

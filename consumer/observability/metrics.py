@@ -6,7 +6,7 @@ Label values come from Enums and are pre-created so alerts see series at 0 befor
 
 from __future__ import annotations
 
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from itertools import product
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -39,6 +39,14 @@ class Dependency(StrEnum):
     SCHEMA_REGISTRY = "schema_registry"
 
 
+class BreakerState(IntEnum):
+    """Values of the consumer_circuit_breaker_state gauge, and the states of service.breaker.CircuitBreaker."""
+
+    CLOSED = 0
+    HALF_OPEN = 1
+    OPEN = 2
+
+
 class RebalanceKind(StrEnum):
     ASSIGN = "assign"
     REVOKE = "revoke"
@@ -67,7 +75,7 @@ DEAD_LETTER_CLASSES = {
 
 
 class Metrics:
-    """The contract's metrics (`../shared/CONTRACT.md`), one attribute each."""
+    """The contract's metrics (docs/contract.md), one attribute each."""
 
     def __init__(self, registry: CollectorRegistry, topics: list[str]) -> None:
         self.records_total = Counter(

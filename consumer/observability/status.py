@@ -17,9 +17,8 @@ from typing import Any
 from consumer.clock import Clock, SystemClock
 from consumer.observability.health import HealthState
 from consumer.observability.lag import PartitionLag
-from consumer.observability.metrics import Outcome
+from consumer.observability.metrics import BreakerState, Outcome
 from consumer.records import BatchResult, TopicPartition
-from consumer.service.breaker import BreakerState
 
 log = logging.getLogger(__name__)
 

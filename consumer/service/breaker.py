@@ -6,17 +6,8 @@ probe (half-open): its success closes the breaker, its failure opens it again.
 
 from __future__ import annotations
 
-from enum import IntEnum
-
 from consumer.clock import Clock
-
-
-class BreakerState(IntEnum):
-    """Values of the consumer_circuit_breaker_state gauge."""
-
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
+from consumer.observability.metrics import BreakerState
 
 
 class CircuitBreaker:

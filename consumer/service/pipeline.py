@@ -1,4 +1,4 @@
-"""Pipeline.process(batch): decode, write, dead-letter; imports no Kafka and no SQL.
+"""Pipeline.process(batch): decode, write, dead-letter; imports no Kafka and no SQL (an import-linter contract).
 
 Thread-agnostic on purpose: the runner calls it on a worker thread so polling never waits on the sink.
 """
@@ -13,9 +13,9 @@ from typing import Protocol
 from consumer.clock import Clock
 from consumer.decode.decoder import DecodedBatch, Decoder
 from consumer.errors import RecordRejectedError
-from consumer.kafka.dead_letters import DeadLetterSink, DlqGuard
 from consumer.records import Batch, BatchResult, DeadLetter, DecodedRecord, Stage, TopicCounts
-from consumer.sql.sink import Sink
+from consumer.roles import DeadLetterSink, Sink
+from consumer.service.guard import DlqGuard
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,12 +21,12 @@ from dataclasses import dataclass
 
 from consumer.clock import Clock
 from consumer.errors import GuardTrippedError, RegistryUnavailableError, TransientError
-from consumer.kafka.source import Source
 from consumer.observability.health import HealthState
 from consumer.observability.lag import LagMonitor, oldest_timestamp_ms
 from consumer.observability.metrics import (
     BatchOutcome,
     BatchStage,
+    BreakerState,
     Dependency,
     Metrics,
     Outcome,
@@ -34,9 +34,10 @@ from consumer.observability.metrics import (
 )
 from consumer.observability.status import StatusBoard
 from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
+from consumer.roles import Source
 from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
-from consumer.service.breaker import BreakerState, CircuitBreaker
+from consumer.service.breaker import CircuitBreaker
 from consumer.service.offsets import OffsetTracker
 from consumer.service.pipeline import BatchProcessor, Decoded
 from consumer.service.ratelimit import TokenBucket

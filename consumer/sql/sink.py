@@ -3,8 +3,8 @@
 Writes are idempotent by `_idempotency_key`: `insert` keeps the first write (a replay is a no-op),
 `upsert` keeps the highest offset of a partition (an older replay never overwrites a newer row).
 PostgreSQL gets COPY (binary when the values are typed) into a session staging table plus one
-set-based INSERT ... SELECT ... ON CONFLICT; SQLite gets a multi-row INSERT ... ON CONFLICT. Every driver error leaves this module
-classified by SQLSTATE (or SQLite's result code): transient, record-level, or fatal.
+set-based INSERT ... SELECT ... ON CONFLICT; SQLite gets a multi-row INSERT ... ON CONFLICT. Every driver error
+leaves this module classified by consumer.sql.errors: transient, record-level, or fatal.
 """
 
 from __future__ import annotations
@@ -12,231 +12,30 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import operator
-import sqlite3
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import psycopg
 import sqlalchemy as sa
-from psycopg.adapt import Dumper
-from psycopg.pq import Format
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from consumer.decode.schema import ColumnKind, ColumnSpec
-from consumer.errors import (
-    ConfigError,
-    ConsumerError,
-    FatalError,
-    RecordRejectedError,
-    SinkUnavailableError,
+from consumer.errors import ConsumerError, FatalError, RecordRejectedError
+from consumer.records import ColumnSpec, DecodedRecord, WriteResult
+from consumer.sql.columns import KEY_COLUMN, META_COLUMNS, column_type, meta_columns
+from consumer.sql.errors import classify
+from consumer.sql.postgres import (
+    BINARY_COPYABLE,
+    DUMP_ERRORS,
+    STAGED_WIDE,
+    JsonbTextBinaryDumper,
+    JsonTextBinaryDumper,
+    NotBinaryCopyable,
+    UuidTextBinaryDumper,
 )
-from consumer.records import DecodedRecord, WriteResult
 
 log = logging.getLogger(__name__)
-
-KEY_COLUMN = "_idempotency_key"
-META_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", KEY_COLUMN)
-
-# SQLSTATE classes (the first two characters), per the contract's "Records, keys and order".
-_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_RECORD_CLASSES = frozenset({"22", "23"})
-_FATAL_CLASSES = frozenset({"28", "42"})
-# SQLite result codes (Python 3.11 exposes them as `sqlite_errorname`), same three-way split.
-_SQLITE_RECORD = ("SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_TOOBIG", "SQLITE_RANGE")
-_SQLITE_TRANSIENT = (
-    "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_PROTOCOL",
-    "SQLITE_INTERRUPT",
-)
-
-
-class Sink(Protocol):
-    """Where batches land. Called from one thread at a time; every method may block on the database."""
-
-    def prepare(self, columns: Sequence[ColumnSpec]) -> None:
-        """Create the table or add nullable columns for new fields; a no-op when nothing changed.
-        Raises FatalError (cannot create/alter) or SinkUnavailableError."""
-
-    def write(self, records: Sequence[DecodedRecord]) -> WriteResult:
-        """Write one batch in one transaction; keys are unique within the call; safe to repeat.
-        Raises SinkUnavailableError, RecordRejectedError (some row is bad) or FatalError."""
-
-    def ping(self) -> None:
-        """Answer when the database does; raises like `write`."""
-
-    def close(self) -> None: ...
-
-
-def create_sink_engine(url: str, password_file: Path | None) -> Engine:
-    """An engine for SINK_URL; `postgresql://` means psycopg 3, the driver we ship."""
-    try:
-        parsed = make_url(url)
-        if parsed.drivername in ("postgresql", "postgres"):
-            parsed = parsed.set(drivername="postgresql+psycopg")
-        if password_file is not None:
-            parsed = parsed.set(password=password_file.read_text(encoding="utf-8").strip())
-        if parsed.get_backend_name() == "sqlite":
-            return _sqlite_engine(parsed)
-        connect_args = {k: v for k, v in _LIBPQ_DEFAULTS.items() if k not in parsed.query}
-        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=connect_args)
-    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
-        raise ConfigError(f"SINK_URL: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"SINK_PASSWORD_FILE: {exc}") from None
-
-
-# libpq connection parameters unless SINK_URL sets them: a connection attempt gives up after 10 s, and a
-# connection whose peer vanished (a network partition, a dead node) fails within about a minute instead
-# of hanging a write until the kernel's retransmissions give up (hours): TCP keepalives probe an idle
-# connection, tcp_user_timeout bounds unacknowledged sends. The failure is then transient and retried.
-_LIBPQ_DEFAULTS = {
-    "connect_timeout": 10,
-    "keepalives": 1,
-    "keepalives_idle": 30,
-    "keepalives_interval": 10,
-    "keepalives_count": 3,
-    "tcp_user_timeout": 60_000,
-}
-
-
-def _sqlite_engine(url: sa.URL) -> Engine:
-    if not url.database or url.database == ":memory:":
-        # One connection shared by every thread: each new connection to ":memory:" is a new, empty
-        # database, so the table made at start would be missing on the sink's worker thread.
-        return sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = sa.create_engine(url, connect_args={"timeout": 30})
-
-    @sa.event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        # WAL lets a reader (tests, operators) look while we write; FULL keeps a commit a commit.
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.close()
-
-    return engine
-
-
-def classify(exc: BaseException) -> ConsumerError:
-    """A driver or SQLAlchemy error as one of ours, by SQLSTATE or SQLite result code."""
-    orig = getattr(exc, "orig", None) or exc
-    message = f"{type(orig).__name__}: {str(orig).strip().splitlines()[0] if str(orig).strip() else ''}"
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return SinkUnavailableError(message)
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if not sqlstate and isinstance(orig, (psycopg.DataError, sqlite3.DataError)):
-        # The driver refused a value before sending it (PEP 249 DataError: a NUL byte in a text field for
-        # psycopg): the row's fault, not the database's. Retrying it would block the partition for good.
-        return RecordRejectedError(message)
-    if sqlstate:
-        code_class = sqlstate[:2]
-        if code_class in _RECORD_CLASSES:
-            return RecordRejectedError(f"{message} (SQLSTATE {sqlstate})")
-        if code_class in _FATAL_CLASSES:
-            return FatalError(f"{message} (SQLSTATE {sqlstate})")
-        return SinkUnavailableError(f"{message} (SQLSTATE {sqlstate})")
-    sqlite_name = getattr(orig, "sqlite_errorname", None)
-    if sqlite_name:
-        if sqlite_name.startswith(_SQLITE_RECORD):
-            return RecordRejectedError(f"{message} ({sqlite_name})")
-        if sqlite_name.startswith(_SQLITE_TRANSIENT):
-            return SinkUnavailableError(f"{message} ({sqlite_name})")
-        return FatalError(f"{message} ({sqlite_name})")
-    # No code: the connection failed or broke before the server could say why.
-    return SinkUnavailableError(message)
-
-
-def _column_type(column: ColumnSpec) -> sa.types.TypeEngine[Any]:
-    kind = column.kind
-    if kind is ColumnKind.DECIMAL:
-        return sa.Numeric(column.precision, column.scale)
-    if kind is ColumnKind.UUID:
-        return sa.Text().with_variant(postgresql.UUID(as_uuid=False), "postgresql")
-    if kind is ColumnKind.JSON:
-        return sa.Text().with_variant(postgresql.JSONB(none_as_null=True), "postgresql")
-    return _SIMPLE_TYPES[kind]
-
-
-_SIMPLE_TYPES: dict[ColumnKind, sa.types.TypeEngine[Any]] = {
-    ColumnKind.INTEGER: sa.Integer(),
-    ColumnKind.BIGINT: sa.BigInteger(),
-    ColumnKind.FLOAT: sa.Float(precision=24),
-    ColumnKind.DOUBLE: sa.Double(),
-    ColumnKind.BOOLEAN: sa.Boolean(),
-    ColumnKind.TEXT: sa.Text(),
-    ColumnKind.BINARY: sa.LargeBinary(),
-    ColumnKind.TIMESTAMP: sa.DateTime(timezone=True),
-    ColumnKind.DATE: sa.Date(),
-    ColumnKind.TIME: sa.Time(),
-}
-
-
-def _meta_columns() -> list[sa.Column[Any]]:
-    return [
-        sa.Column("_kafka_topic", sa.Text(), nullable=False),
-        sa.Column("_kafka_partition", sa.Integer(), nullable=False),
-        sa.Column("_kafka_offset", sa.BigInteger(), nullable=False),
-        sa.Column("_kafka_timestamp", sa.DateTime(timezone=True), nullable=True),
-        sa.Column(KEY_COLUMN, sa.Text(), primary_key=True),
-    ]
-
-
-# Staged column types (by OID) whose binary form psycopg writes right from the Python values the Avro
-# decoders give; a table with any other column type is written with text COPY.
-_INT8, _FLOAT8, _BOOL, _TEXT, _VARCHAR, _BPCHAR, _BYTEA = 20, 701, 16, 25, 1043, 1042, 17
-_INT2, _INT4, _FLOAT4 = 21, 23, 700
-# Narrow numbers are staged wide, so a value out of range fails as the INSERT ... SELECT casts it into the
-# target (22003, the row's fault) instead of being wrapped silently by a binary dumper (psycopg packs 2**40
-# into an int4 as 0, and 1e300 into a real as infinity).
-_STAGED_WIDE = {_INT2: (_INT8, "bigint"), _INT4: (_INT8, "bigint"), _FLOAT4: (_FLOAT8, "double precision")}
-_NUMERIC, _DATE, _TIME, _TIMESTAMPTZ, _UUID, _JSON, _JSONB = 1700, 1082, 1083, 1184, 2950, 114, 3802
-_BINARY_COPYABLE = frozenset({
-    _INT8, _FLOAT8, _BOOL, _TEXT, _VARCHAR, _BPCHAR, _BYTEA, _NUMERIC, _DATE, _TIME, _TIMESTAMPTZ, _UUID, _JSON,
-    _JSONB,
-})
-
-
-class _UuidTextBinaryDumper(Dumper):
-    """uuid cells arrive as canonical text (schema.reading_uuids_as_text); psycopg's own wants uuid.UUID."""
-
-    format = Format.BINARY
-    oid = _UUID
-
-    def dump(self, obj: Any) -> bytes:
-        return obj.bytes if isinstance(obj, uuid.UUID) else bytes.fromhex(obj.replace("-", ""))
-
-
-class _JsonTextBinaryDumper(Dumper):
-    """JSON cells arrive as JSON text; psycopg's own would encode the text again as one JSON string. Anything
-    but text raises AttributeError here, which sends the batch to text COPY (_DUMP_ERRORS)."""
-
-    format = Format.BINARY
-    oid = _JSON
-
-    def dump(self, obj: Any) -> bytes:
-        encoded: bytes = obj.encode()
-        return encoded
-
-
-class _JsonbTextBinaryDumper(_JsonTextBinaryDumper):
-    oid = _JSONB
-
-    def dump(self, obj: Any) -> bytes:
-        return b"\x01" + super().dump(obj)  # jsonb's binary form: version 1, then the text
-
-
-class _NotBinaryCopyable(Exception):
-    """A value psycopg cannot write in binary for its column (a naive datetime for timestamptz, say)."""
-
-
-# Raised by psycopg's binary dumpers for a value of another type than its column's, before anything is sent.
-_DUMP_ERRORS = (TypeError, ValueError, AttributeError, OverflowError, psycopg.DataError, psycopg.ProgrammingError)
 
 
 def _timestamp(ms: int) -> dt.datetime | None:
@@ -310,9 +109,9 @@ class SqlSink:
         if not inspector.has_table(self._table_name):
             table = sa.Table(
                 self._table_name, sa.MetaData(),
-                *[sa.Column(c.name, _column_type(c), nullable=c.nullable) for c in columns
+                *[sa.Column(c.name, column_type(c), nullable=c.nullable) for c in columns
                   if c.name not in META_COLUMNS],
-                *_meta_columns(),
+                *meta_columns(),
             )
             table.create(conn, checkfirst=True)
             log.info("created sink table", extra={"table": self._table_name, "columns": len(table.c)})
@@ -328,9 +127,9 @@ class SqlSink:
 
     def _add_column(self, conn: Connection, column: ColumnSpec) -> None:
         preparer = conn.dialect.identifier_preparer
-        column_type = _column_type(column).compile(dialect=conn.dialect)
+        type_sql = column_type(column).compile(dialect=conn.dialect)
         conn.exec_driver_sql(
-            f"ALTER TABLE {preparer.quote(self._table_name)} ADD COLUMN {preparer.quote(column.name)} {column_type}"
+            f"ALTER TABLE {preparer.quote(self._table_name)} ADD COLUMN {preparer.quote(column.name)} {type_sql}"
         )
         log.info("added sink column", extra={"table": self._table_name, "column": column.name})
 
@@ -374,7 +173,7 @@ class SqlSink:
             by_topic.setdefault(record.raw.topic, []).append(record)
         try:
             written = self._write_once(records, by_topic)
-        except _NotBinaryCopyable as exc:
+        except NotBinaryCopyable as exc:
             # Values of a type the binary form does not take (local-timestamp-* gives naive datetimes): the
             # transaction rolled back before anything was written; text COPY from now on, as it always did.
             self._binary_copy = False
@@ -410,7 +209,7 @@ class SqlSink:
         stage = preparer.quote(self._stage_name())
         quoted = ", ".join(preparer.quote(name) for name in names)
         oids = self._ensure_stage(conn, names)
-        binary = self._binary_copy and all(oid in _BINARY_COPYABLE for oid in oids)
+        binary = self._binary_copy and all(oid in BINARY_COPYABLE for oid in oids)
         value_names = self._value_names
         cells_of = _cells_getter(value_names)
         stamps = _Timestamps()
@@ -418,7 +217,7 @@ class SqlSink:
         assert driver is not None
         with driver.cursor() as cursor:
             if binary:
-                for dumper in (_UuidTextBinaryDumper, _JsonTextBinaryDumper, _JsonbTextBinaryDumper):
+                for dumper in (UuidTextBinaryDumper, JsonTextBinaryDumper, JsonbTextBinaryDumper):
                     cursor.adapters.register_dumper(None, dumper)  # by OID, for this cursor only
             try:
                 with cursor.copy(f"COPY {stage} ({quoted}) FROM STDIN{' (FORMAT BINARY)' if binary else ''}") as copy:
@@ -432,15 +231,15 @@ class SqlSink:
                             values = tuple(row.get(name) for name in value_names)
                         copy.write_row((*values, raw.topic, raw.partition, raw.offset, stamps[raw.timestamp_ms],
                                         record.key))
-            except _DUMP_ERRORS as exc:
+            except DUMP_ERRORS as exc:
                 if not binary or getattr(exc, "sqlstate", None):
                     raise  # the server's answer, or text COPY's own refusal: classified by _translated
-                raise _NotBinaryCopyable(f"{type(exc).__name__}: {exc}") from exc
+                raise NotBinaryCopyable(f"{type(exc).__name__}: {exc}") from exc
         return {topic: int(conn.exec_driver_sql(self._statement, {"topic": topic}).rowcount) for topic in topics}
 
     def _ensure_stage(self, conn: Connection, names: list[str]) -> list[int]:
         """The staging table of this session, with the target's column types as they are now (narrow numbers
-        staged wide, see _STAGED_WIDE); returns the staged columns' type OIDs, in order.
+        staged wide, see STAGED_WIDE); returns the staged columns' type OIDs, in order.
 
         It lives as long as the connection and is emptied at every commit (ON COMMIT DELETE ROWS). Each
         transaction reads the target's and the stage's columns from the catalog in one round trip and makes
@@ -464,7 +263,7 @@ class SqlSink:
         missing = [name for name in names if name not in target]
         if missing:
             raise FatalError(f"table {self._table_name!r} lacks the columns {missing}")
-        wanted = [_STAGED_WIDE.get(target[name][0], target[name]) for name in names]
+        wanted = [STAGED_WIDE.get(target[name][0], target[name]) for name in names]
         wanted_columns = [(name, type_sql) for name, (_oid, type_sql) in zip(names, wanted, strict=True)]
         if staged_now != wanted_columns:
             columns = ", ".join(f"{preparer.quote(name)} {type_sql}" for name, type_sql in wanted_columns)

@@ -7,15 +7,15 @@ from collections.abc import Callable
 
 from consumer.decode.registry import SchemaRegistryClient
 from consumer.errors import ConfigError, ConsumerError
-from consumer.kafka.source import partition_count
-from consumer.service.app import build_value_decoder, kafka_client_config
+from consumer.kafka.admin import partition_count
+from consumer.kafka.config import kafka_client_config
+from consumer.service.components import record_decoder, sql_sink
 from consumer.settings import Settings
-from consumer.sql.sink import SqlSink, create_sink_engine
 
 
 def run_check(settings: Settings) -> int:
     config = kafka_client_config(settings)  # raises ConfigError without KAFKA_BOOTSTRAP_SERVERS
-    build_value_decoder(settings)  # schema file parsed, key field checked: ConfigError if wrong
+    record_decoder(settings)  # as `run` builds it: schema file parsed, key field checked; ConfigError if wrong
     checks: list[tuple[str, Callable[[], str]]] = [
         *((f"topic {topic}", _topic_check(config, topic)) for topic in settings.consumer_topics),
         ("sink", lambda: _sink_check(settings)),
@@ -47,8 +47,7 @@ def _topic_check(config: dict[str, object], topic: str) -> Callable[[], str]:
 
 
 def _sink_check(settings: Settings) -> str:
-    sink = SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file), settings.sink_table,
-                   upsert=False)
+    sink = sql_sink(settings)
     try:
         sink.ping()
     finally:

@@ -12,9 +12,9 @@ import sys
 from typing import Any
 
 from consumer.errors import TransientError
-from consumer.kafka.source import broker_metadata
+from consumer.kafka.admin import broker_metadata
+from consumer.kafka.config import kafka_client_config
 from consumer.observability.logs import configure
-from consumer.service.app import kafka_client_config
 from consumer.settings import load_settings
 
 _EXIT_FAILURE = 1

@@ -30,7 +30,7 @@ from rich.table import Table
 from consumer.clock import SystemClock
 from consumer.decode.schema import load_schema_file
 from consumer.errors import ConfigError, TransientError
-from consumer.kafka.source import ensure_topic
+from consumer.kafka.admin import ensure_topic
 from consumer.observability.logs import configure
 from consumer.observability.metrics import Metrics, Outcome
 from consumer.settings import load_settings

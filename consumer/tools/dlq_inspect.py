@@ -6,7 +6,7 @@ round trip; it also holds on Tansu, the demo's broker, whose ListOffsets(latest)
 holds multi-record batches. Inspecting never joins a group
 and never commits, so neither the service's group nor the replay's position moves.
 
-The selection (filters) and the reader are shared with `dlq replay` (consumer/dlq_replay.py).
+The selection (filters) and the reader are shared with `dlq replay` (consumer/tools/dlq_replay.py).
 """
 
 from __future__ import annotations
@@ -21,37 +21,19 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 from rich.console import Console
 from rich.table import Table
 
 from consumer.decode.decoder import ValueDecoder
 from consumer.decode.schema import to_json_text
-from consumer.errors import BrokerUnavailableError, ConfigError, ConsumerError, FatalError
-from consumer.kafka.dead_letters import HEADER_PREFIX
+from consumer.errors import BrokerUnavailableError, ConfigError, ConsumerError
+from consumer.kafka import headers as h
+from consumer.kafka.config import kafka_client_config
+from consumer.kafka.errors import client_construction, translate, translated
 from consumer.records import RawRecord, Stage
+from consumer.service.components import value_decoder
 from consumer.settings import Settings
-
-# The contract's dead-letter headers (CONTRACT.md "Dead-letter records"); a unit test checks these are
-# exactly the names consumer.kafka.dead_letters.dead_letter_headers writes.
-ORIGINAL_TOPIC = "dlq.original.topic"
-ORIGINAL_PARTITION = "dlq.original.partition"
-ORIGINAL_OFFSET = "dlq.original.offset"
-ORIGINAL_TIMESTAMP = "dlq.original.timestamp"
-STAGE = "dlq.stage"
-ERROR_CLASS = "dlq.error.class"
-ERROR_MESSAGE = "dlq.error.message"
-CONSUMER_GROUP = "dlq.consumer.group"
-FAILED_AT = "dlq.failed.at"
-ATTEMPTS = "dlq.attempts"
-CONTRACT_HEADERS = (
-    ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, STAGE, ERROR_CLASS, ERROR_MESSAGE,
-    CONSUMER_GROUP, FAILED_AT, ATTEMPTS,
-)
-# Added by `dlq replay` to each record it re-publishes: how many times this record has been replayed.
-REPLAY_COUNT = "dlq.replay.count"
-# Without these a record cannot be told apart from any other: it is reported as foreign.
-REQUIRED_HEADERS = (ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, STAGE, ERROR_CLASS)
 
 _PREVIEW_CHARS = 40
 _PIPE_WIDTH = 160
@@ -116,20 +98,20 @@ def header_map(raw: RawRecord) -> dict[str, str]:
 def parse(raw: RawRecord) -> DlqEntry | ForeignRecord:
     """A dead-letter entry, or a foreign record when a required header is missing or malformed."""
     headers = header_map(raw)
-    missing = tuple(name for name in REQUIRED_HEADERS if not headers.get(name))
-    partition, offset = _int(headers.get(ORIGINAL_PARTITION)), _int(headers.get(ORIGINAL_OFFSET))
-    if partition is None and ORIGINAL_PARTITION not in missing:
-        missing += (ORIGINAL_PARTITION,)
-    if offset is None and ORIGINAL_OFFSET not in missing:
-        missing += (ORIGINAL_OFFSET,)
+    missing = tuple(name for name in h.REQUIRED if not headers.get(name))
+    partition, offset = _int(headers.get(h.ORIGINAL_PARTITION)), _int(headers.get(h.ORIGINAL_OFFSET))
+    if partition is None and h.ORIGINAL_PARTITION not in missing:
+        missing += (h.ORIGINAL_PARTITION,)
+    if offset is None and h.ORIGINAL_OFFSET not in missing:
+        missing += (h.ORIGINAL_OFFSET,)
     if missing or partition is None or offset is None:
         return ForeignRecord(raw, missing)
     return DlqEntry(
-        raw=raw, original_topic=headers[ORIGINAL_TOPIC], original_partition=partition, original_offset=offset,
-        original_timestamp_ms=_int(headers.get(ORIGINAL_TIMESTAMP)), stage=headers[STAGE],
-        error_class=headers[ERROR_CLASS], error_message=headers.get(ERROR_MESSAGE, ""),
-        consumer_group=headers.get(CONSUMER_GROUP, ""), failed_at=_timestamp(headers.get(FAILED_AT)),
-        attempts=_int(headers.get(ATTEMPTS)) or 0, replay_count=_int(headers.get(REPLAY_COUNT)) or 0,
+        raw=raw, original_topic=headers[h.ORIGINAL_TOPIC], original_partition=partition, original_offset=offset,
+        original_timestamp_ms=_int(headers.get(h.ORIGINAL_TIMESTAMP)), stage=headers[h.STAGE],
+        error_class=headers[h.ERROR_CLASS], error_message=headers.get(h.ERROR_MESSAGE, ""),
+        consumer_group=headers.get(h.CONSUMER_GROUP, ""), failed_at=_timestamp(headers.get(h.FAILED_AT)),
+        attempts=_int(headers.get(h.ATTEMPTS)) or 0, replay_count=_int(headers.get(h.REPLAY_COUNT)) or 0,
     )
 
 
@@ -152,10 +134,6 @@ def _timestamp(text: str | None) -> dt.datetime | None:
 
 def _iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
-
-
-def is_dlq_header(name: str) -> bool:
-    return name.startswith(HEADER_PREFIX)
 
 
 # --- the selection -----------------------------------------------------------------------------------
@@ -252,20 +230,16 @@ class Scan:
 
 def tool_consumer(config: Mapping[str, Any], group_id: str) -> Consumer:
     """A consumer that only assigns (never subscribes, so it joins no group) and never auto-commits."""
-    try:
+    with client_construction():
         return Consumer({
             **config, "group.id": group_id, "enable.auto.commit": False, "enable.auto.offset.store": False,
             "enable.partition.eof": True, "auto.offset.reset": "earliest", "fetch.wait.max.ms": 100,
         })
-    except KafkaException as exc:
-        raise ConfigError(f"KAFKA_EXTRA: {exc.args[0].str()}") from None
 
 
 def partitions_of(consumer: Consumer, topic: str, timeout_s: float) -> list[int]:
-    try:
+    with translated(f"kafka: cannot read metadata of {topic}"):
         metadata = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-    except KafkaException as exc:
-        raise BrokerUnavailableError(f"kafka: cannot read metadata of {topic}: {exc.args[0].str()}") from None
     if metadata is None or metadata.error is not None or not metadata.partitions:
         raise ConfigError(f"DLQ_TOPIC: topic {topic!r} does not exist")
     return sorted(metadata.partitions)
@@ -279,10 +253,8 @@ def read_topic(
     such as replayed records failing again, are left for next time). Fills `scan.ends` as partitions finish.
     """
     partitions = list(stop_at) if stop_at is not None else partitions_of(consumer, scan.topic, timeout_s)
-    try:
+    with translated(f"kafka: cannot assign {scan.topic}"):
         consumer.assign([TopicPartition(scan.topic, p, scan.starts.get(p, OFFSET_BEGINNING)) for p in partitions])
-    except KafkaException as exc:
-        raise BrokerUnavailableError(f"kafka: cannot assign {scan.topic}: {exc.args[0].str()}") from None
     pending = set(partitions)
     if stop_at is not None:
         for partition in partitions:
@@ -317,10 +289,8 @@ def read_topic(
 
 
 def _consume(consumer: Consumer) -> list[Message]:
-    try:
+    with translated():
         return consumer.consume(num_messages=_POLL_RECORDS, timeout=_POLL_TIMEOUT_S)
-    except KafkaException as exc:
-        raise BrokerUnavailableError(f"kafka: {exc.args[0].str()}") from None
 
 
 def _check_idle(idle_since: float | None, timeout_s: float, topic: str, pending: set[int]) -> float:
@@ -342,11 +312,9 @@ def _on_error(
         pending.discard(partition)
         scan.ends[partition] = end if stop_at is None else min(end, stop_at[partition])
         return
-    if error.fatal():
-        raise FatalError(f"kafka: {error.str()}")
-    if error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION):
+    if error.code() in (KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION) and not error.fatal():
         raise ConfigError(f"DLQ_TOPIC: {scan.topic}: {error.str()}")
-    raise BrokerUnavailableError(f"kafka: {error.str()}")
+    raise translate(error)
 
 
 def _to_raw(message: Message) -> RawRecord:
@@ -546,10 +514,8 @@ def dlq_topic(settings: Settings, args: argparse.Namespace) -> str:
 def previewer(settings: Settings, enabled: bool) -> Previewer:
     if not enabled:
         return Previewer(None)
-    from consumer.service.app import build_value_decoder
-
     try:
-        decoder, _fields = build_value_decoder(settings)
+        decoder, _fields = value_decoder(settings)
     except ConsumerError:  # a preview is a nicety: an unreadable schema or a silent registry means raw bytes
         return Previewer(None)
     return Previewer(decoder)
@@ -562,8 +528,6 @@ def output_console() -> Console:
 
 
 def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.service.app import kafka_client_config
-
     selection = selection_from(args)
     limit = args.limit or (None if args.format == "json" else _TEXT_LIMIT)
     inspection = inspect_topic(kafka_client_config(settings), dlq_topic(settings, args),

@@ -24,28 +24,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import (
-    OFFSET_INVALID,
-    Consumer,
-    KafkaError,
-    KafkaException,
-    Message,
-    Producer,
-    TopicPartition,
-)
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
 
-from consumer.errors import BrokerUnavailableError, ConfigError, FatalError
+from consumer.errors import BrokerUnavailableError, ConfigError
+from consumer.kafka import headers as h
+from consumer.kafka.config import kafka_client_config
+from consumer.kafka.errors import delivery_failure, translated
+from consumer.kafka.produce import blocking_produce, idempotent_producer
 from consumer.settings import Settings
 from consumer.tools.dlq_inspect import (
-    ATTEMPTS,
-    REPLAY_COUNT,
     DlqEntry,
     Inspection,
     Scan,
     Selection,
     add_selection_arguments,
     dlq_topic,
-    is_dlq_header,
     output_console,
     parse,
     partitions_of,
@@ -139,10 +132,8 @@ def to_replay(report: ReplayReport) -> int:
 
 def _committed(consumer: Consumer, topic: str, timeout_s: float) -> dict[int, int]:
     partitions = partitions_of(consumer, topic, timeout_s)
-    try:
+    with translated("kafka: cannot read the replay position"):
         found = consumer.committed([TopicPartition(topic, p) for p in partitions], timeout=timeout_s)
-    except KafkaException as exc:
-        raise BrokerUnavailableError(f"kafka: cannot read the replay position: {exc.args[0].str()}") from None
     return {tp.partition: tp.offset for tp in found if tp.error is None and tp.offset != OFFSET_INVALID}
 
 
@@ -152,7 +143,7 @@ class _Replayer:
         self._plan = plan
         self._report = report
         self._advance = advance
-        self._producer = Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": 5})
+        self._producer = idempotent_producer(config, linger_ms=5)
         self._partitions: dict[str, int] = {}
         self._errors: list[KafkaError] = []
         self._positions: dict[int, int] = {}
@@ -195,10 +186,8 @@ class _Replayer:
         return topic, entry.original_partition if entry.original_partition < partitions else None
 
     def _partition_count(self, topic: str) -> int:
-        try:
+        with translated(f"kafka: cannot read metadata of {topic}"):
             metadata = self._producer.list_topics(topic, timeout=self._plan.timeout_s).topics.get(topic)
-        except KafkaException as exc:
-            raise BrokerUnavailableError(f"kafka: cannot read metadata of {topic}: {exc.args[0].str()}") from None
         if metadata is None or metadata.error is not None or not metadata.partitions:
             name = "--to-topic" if self._plan.to_topic else "dlq.original.topic"
             raise ConfigError(f"{name}: topic {topic!r} does not exist")
@@ -206,22 +195,17 @@ class _Replayer:
 
     def _produce(self, entry: DlqEntry) -> None:
         topic, partition = self._target(entry)
-        headers: list[tuple[str, bytes | None]] = [(n, v) for n, v in entry.raw.headers if not is_dlq_header(n)]
-        headers += [(ATTEMPTS, str(entry.attempts).encode()), (REPLAY_COUNT, str(entry.replay_count + 1).encode())]
+        headers: list[tuple[str, bytes | None]] = [
+            (n, v) for n, v in entry.raw.headers if not h.is_dead_letter_header(n)
+        ]
+        headers += [(h.ATTEMPTS, str(entry.attempts).encode()), (h.REPLAY_COUNT, str(entry.replay_count + 1).encode())]
         kwargs: dict[str, Any] = {"key": entry.raw.key, "value": entry.raw.value, "headers": headers,
                                   "on_delivery": self._delivered}
         if partition is not None:
             kwargs["partition"] = partition
         if self._plan.keep_timestamp and entry.original_timestamp_ms is not None and entry.original_timestamp_ms >= 0:
             kwargs["timestamp"] = entry.original_timestamp_ms
-        while True:
-            try:
-                self._producer.produce(topic, **kwargs)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain, then try again
-                self._producer.poll(0.1)
-            except KafkaException as exc:
-                raise FatalError(f"replay produce to {topic}: {exc.args[0].str()}") from None
+        blocking_produce(self._producer, topic, f"replay produce to {topic}", **kwargs)
         self._producer.poll(0)
         self._report.by_target[topic] += 1
         self._in_chunk += 1
@@ -238,10 +222,7 @@ class _Replayer:
         """Wait for every record of the chunk to be acknowledged, then commit the DLQ position past it."""
         remaining = self._producer.flush(_FLUSH_TIMEOUT_S)
         if self._errors:
-            error = self._errors[0]
-            if error.fatal():
-                raise FatalError(f"replay delivery: {error.str()}")
-            raise BrokerUnavailableError(f"replay delivery failed for {len(self._errors)} records: {error.str()}")
+            raise delivery_failure(self._errors[0], len(self._errors), "replay delivery")
         if remaining:
             raise BrokerUnavailableError(f"replay: {remaining} records not acknowledged in {_FLUSH_TIMEOUT_S:.0f}s")
         if self._positions:
@@ -252,10 +233,8 @@ class _Replayer:
 
     def _commit(self, consumer: Consumer) -> None:
         offsets = [TopicPartition(self._plan.dlq_topic, p, o) for p, o in sorted(self._positions.items())]
-        try:
+        with translated("kafka: cannot commit the replay position"):
             result = consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:
-            raise BrokerUnavailableError(f"kafka: cannot commit the replay position: {exc.args[0].str()}") from None
         failed = [tp for tp in result or [] if tp.error is not None]
         if failed:
             raise BrokerUnavailableError(f"kafka: replay position refused: {failed[0].error}")
@@ -291,8 +270,6 @@ def configure_replay(parser: argparse.ArgumentParser) -> None:
 
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.service.app import kafka_client_config
-
     selection = selection_from(args)
     plan = ReplayPlan(
         dlq_topic=dlq_topic(settings, args), selection=selection,

@@ -21,11 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError, Message, Producer
 
 from consumer.clock import Clock, SystemClock
-from consumer.decode.schema import AvroSchema, key_text, load_schema_file, parse_schema
-from consumer.errors import BrokerUnavailableError, ConfigError, FatalError
+from consumer.decode.keys import key_text
+from consumer.decode.schema import AvroSchema, load_schema_file, parse_schema
+from consumer.errors import BrokerUnavailableError, ConfigError
+from consumer.kafka.errors import delivery_failure
+from consumer.kafka.produce import blocking_produce, idempotent_producer
 from consumer.settings import Settings
 from consumer.tools.avro_random import RandomValues, encode, poison
 
@@ -202,10 +205,7 @@ def produce_events(
         partition, offset = message.partition() or 0, message.offset() or 0
         report.end_offsets[partition] = max(report.end_offsets.get(partition, 0), offset + 1)
 
-    try:
-        producer = Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": 10})
-    except KafkaException as exc:
-        raise ConfigError(f"KAFKA_EXTRA: {exc.args[0].str()}") from None
+    producer = idempotent_producer(config, linger_ms=10)
     started = clock.monotonic()
     pacer = Pacer(plan.rate, clock)
     try:
@@ -232,24 +232,14 @@ def _done(plan: ProducePlan, sent: int, elapsed_s: float) -> bool:
 
 def _send(producer: Producer, topic: str, key: bytes | None, value: bytes | None,
           delivered: Callable[[KafkaError | None, Message], None]) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key, on_delivery=delivered)
-            producer.poll(0)
-            return
-        except BufferError:  # the local queue is full: serve deliveries, then try again
-            producer.poll(0.1)
-        except KafkaException as exc:
-            raise FatalError(f"produce to {topic}: {exc.args[0].str()}") from None
+    blocking_produce(producer, topic, f"produce to {topic}", value=value, key=key, on_delivery=delivered)
+    producer.poll(0)
 
 
 def _finish(producer: Producer, errors: list[KafkaError]) -> None:
     remaining = producer.flush(_FLUSH_TIMEOUT_S)
     if errors:
-        first = errors[0]
-        if first.fatal():
-            raise FatalError(f"produce: {first.str()}")
-        raise BrokerUnavailableError(f"produce: {len(errors)} deliveries failed, first: {first.str()}")
+        raise delivery_failure(errors[0], len(errors), "produce")
     if remaining:
         raise BrokerUnavailableError(f"produce: {remaining} records not acknowledged in {_FLUSH_TIMEOUT_S:.0f}s")
 
@@ -343,8 +333,8 @@ def _schema_for(settings: Settings, args: argparse.Namespace, topic: str) -> tup
 
 
 def run_produce(settings: Settings, args: argparse.Namespace) -> int:
-    from consumer.kafka.source import ensure_topic
-    from consumer.service.app import kafka_client_config
+    from consumer.kafka.admin import ensure_topic
+    from consumer.kafka.config import kafka_client_config
     from consumer.tools.progress import progress_bar, stderr_console
 
     topic = settings.consumer_topics[0]

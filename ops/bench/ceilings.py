@@ -19,12 +19,15 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from consumer.decode.decoder import Decoder, SchemalessAvroDecoder, key_source
+from consumer.decode.avro import SchemalessAvroDecoder
+from consumer.decode.decoder import Decoder
+from consumer.decode.keys import key_source
 from consumer.decode.schema import field_names, load_schema_file
 from consumer.records import DecodedRecord, RawRecord
 from consumer.service.pipeline import collapse_duplicates
 from consumer.settings import Settings
-from consumer.sql.sink import SqlSink, create_sink_engine
+from consumer.sql.engine import create_sink_engine
+from consumer.sql.sink import SqlSink
 from ops.bench.config import SCHEMA_FILE
 from ops.bench.db import backend_cpu_seconds, libpq_url, named
 from ops.bench.events import IDEMPOTENCY_KEY

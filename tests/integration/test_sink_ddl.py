@@ -14,10 +14,10 @@ import pytest
 import sqlalchemy as sa
 from support.db import make_engine
 
-from consumer.decode.schema import ColumnKind, ColumnSpec
 from consumer.errors import ConsumerError, RecordRejectedError
-from consumer.records import DecodedRecord, RawRecord
-from consumer.sql.sink import SqlSink, create_sink_engine
+from consumer.records import ColumnKind, ColumnSpec, DecodedRecord, RawRecord
+from consumer.sql.engine import create_sink_engine
+from consumer.sql.sink import SqlSink
 
 RACERS = 6
 BASE = [ColumnSpec("event_id", ColumnKind.TEXT, nullable=False), ColumnSpec("n", ColumnKind.BIGINT, True)]

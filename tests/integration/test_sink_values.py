@@ -18,11 +18,12 @@ import pytest
 from support.db import connect, drop_table, fetch
 from support.events import SCHEMA_PATH, encode, make_event
 
-from consumer.decode.decoder import SchemalessAvroDecoder
-from consumer.decode.schema import ColumnKind, ColumnSpec, columns_of, load_schema_file
+from consumer.decode.avro import SchemalessAvroDecoder
+from consumer.decode.schema import columns_of, load_schema_file
 from consumer.errors import RecordRejectedError
-from consumer.records import DecodedRecord, RawRecord
-from consumer.sql.sink import SqlSink, create_sink_engine
+from consumer.records import ColumnKind, ColumnSpec, DecodedRecord, RawRecord
+from consumer.sql.engine import create_sink_engine
+from consumer.sql.sink import SqlSink
 
 FALLBACK = "not writable as binary COPY"
 POSTGRES = pytest.mark.parametrize("sink_url", ["postgresql"], indirect=True)

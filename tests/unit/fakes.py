@@ -12,8 +12,8 @@ from collections import deque
 from collections.abc import Collection, Mapping
 
 from consumer.decode.decoder import DecodedBatch
-from consumer.kafka.source import CommitOutcome, RebalanceListener
-from consumer.records import Batch, BatchResult, RawRecord, TopicCounts, TopicPartition
+from consumer.records import Batch, BatchResult, CommitOutcome, RawRecord, TopicCounts, TopicPartition
+from consumer.roles import RebalanceListener
 from consumer.service.pipeline import Collapsed, Decoded
 
 _IDLE_WAIT_S = 0.005  # an empty poll waits this long, as a real one waits for its timeout, so loops do not spin

@@ -13,7 +13,7 @@ import fastavro
 import pytest
 from fakeclock import FakeClock
 
-from consumer.decode.decoder import SchemalessAvroDecoder
+from consumer.decode.avro import SchemalessAvroDecoder
 from consumer.decode.schema import load_schema_file
 from consumer.errors import ConfigError, DecodeError
 from consumer.tools.avro_random import RandomValues, encode, named_types, poison

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 from fakeclock import FakeClock
 
-from consumer.service.breaker import BreakerState, CircuitBreaker
+from consumer.observability.metrics import BreakerState
+from consumer.service.breaker import CircuitBreaker
 from consumer.service.retry import Backoff
 
 

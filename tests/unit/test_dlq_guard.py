@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from consumer.errors import GuardTrippedError
-from consumer.kafka.dead_letters import DlqGuard
+from consumer.service.guard import DlqGuard
 
 
 def _passes(guard: DlqGuard, size: int, dead: list[int]) -> bool:

@@ -7,8 +7,10 @@ import uuid
 import pytest
 from support.events import encode, make_event, parsed_schema
 
-from consumer.decode.decoder import Decoder, JsonDecoder, SchemalessAvroDecoder, key_source
-from consumer.decode.schema import key_text
+from consumer.decode.avro import SchemalessAvroDecoder
+from consumer.decode.decoder import Decoder
+from consumer.decode.json_values import JsonDecoder
+from consumer.decode.keys import key_source, key_text
 from consumer.errors import ConfigError
 from consumer.records import RawRecord, Stage
 

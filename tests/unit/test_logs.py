@@ -6,16 +6,15 @@ import json
 import logging
 
 import pytest
-from consumer.logs import (
+
+from consumer.observability.logs import (
     JsonFormatter,
     RedactingFormatter,
     TextFormatter,
     redactor,
     secret_values,
-    url_password,
 )
-
-from consumer.settings import load_settings
+from consumer.settings import load_settings, url_password
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:

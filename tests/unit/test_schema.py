@@ -5,9 +5,7 @@ import json
 
 from support.events import SCHEMA_PATH
 
-from consumer.decode.schema import ColumnKind as K
 from consumer.decode.schema import (
-    ColumnSpec,
     cell_converters,
     columns_of,
     fast_json_text,
@@ -17,6 +15,8 @@ from consumer.decode.schema import (
     parse_schema,
     to_json_text,
 )
+from consumer.records import ColumnKind as K
+from consumer.records import ColumnSpec
 
 
 def test_event_schema_columns() -> None:

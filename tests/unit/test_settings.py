@@ -142,7 +142,7 @@ def test_workers_defaults_to_one_process() -> None:
 def test_prefetch_and_fetch_wait_are_bounded_by_default_and_kafka_extra_overrides_them(monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory follows the batch size, not the backlog: librdkafka's prefetch queue is capped (16 MiB); a fetch
     waits at most 100 ms at the broker (latency)."""
-    from consumer.service.app import consumer_config
+    from consumer.kafka.config import consumer_config
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     assert consumer_config(load_settings())["queued.max.messages.kbytes"] == 16384
@@ -154,7 +154,7 @@ def test_prefetch_and_fetch_wait_are_bounded_by_default_and_kafka_extra_override
 def test_classic_group_protocol_is_the_default_with_cooperative_sticky_and_our_session(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from consumer.service.app import consumer_config
+    from consumer.kafka.config import consumer_config
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     monkeypatch.setenv("KAFKA_SESSION_TIMEOUT_MS", "6000")
@@ -167,7 +167,7 @@ def test_consumer_group_protocol_leaves_assignment_and_session_to_the_broker(mon
     """librdkafka refuses partition.assignment.strategy and session.timeout.ms with group.protocol=consumer."""
     from confluent_kafka import Consumer
 
-    from consumer.service.app import consumer_config
+    from consumer.kafka.config import consumer_config
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     monkeypatch.setenv("KAFKA_GROUP_PROTOCOL", "consumer")
@@ -184,7 +184,7 @@ def test_an_unknown_group_protocol_is_a_configuration_error(monkeypatch: pytest.
 
 
 def test_group_instance_id_is_unset_by_default_so_membership_is_dynamic(monkeypatch: pytest.MonkeyPatch) -> None:
-    from consumer.service.app import consumer_config
+    from consumer.kafka.config import consumer_config
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     assert load_settings().kafka_group_instance_id is None
@@ -194,7 +194,7 @@ def test_group_instance_id_is_unset_by_default_so_membership_is_dynamic(monkeypa
 def test_group_instance_id_sets_static_membership_that_librdkafka_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
     from confluent_kafka import Consumer
 
-    from consumer.service.app import consumer_config
+    from consumer.kafka.config import consumer_config
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
     monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "consumer-0")

@@ -13,9 +13,9 @@ from prometheus_client import CollectorRegistry
 from consumer.errors import SinkUnavailableError
 from consumer.observability.health import HealthServer, HealthState, status_body
 from consumer.observability.lag import PartitionLag
+from consumer.observability.metrics import BreakerState
 from consumer.observability.status import StatusBoard
 from consumer.records import Batch, BatchResult, CloseReason, RawRecord, TopicCounts
-from consumer.service.breaker import BreakerState
 
 SETTINGS = {"DLQ_MAX_RATIO": 0.2, "DLQ_GUARD_MIN_RECORDS": 1000, "SINK_URL": "postgresql://u:***@h/db"}
 

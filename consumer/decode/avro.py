@@ -1,0 +1,128 @@
+"""Avro values: schemaless (SCHEMA_FILE) or Confluent wire format with writer schemas from the registry."""
+
+from __future__ import annotations
+
+import io
+import struct
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from fastavro import parse_schema as _fastavro_parse
+from fastavro import schemaless_reader
+from fastavro.read import SchemaResolutionError
+from fastavro.schema import SchemaParseException
+
+from consumer.decode.decoder import convert
+from consumer.decode.keys import Fields
+from consumer.decode.registry import SchemaNotFound, SchemaRegistryClient
+from consumer.decode.schema import (
+    AvroSchema,
+    Converter,
+    cell_converters,
+    columns_of,
+    float_free_fields,
+    merge_columns,
+    reading_uuids_as_text,
+)
+from consumer.errors import DecodeError
+from consumer.records import ColumnSpec
+
+# What fastavro raises on bytes that are not a value of the schema (truncated, garbage, bad utf-8).
+_AVRO_DATA_ERRORS = (
+    EOFError, ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, SchemaResolutionError,
+)
+_WIRE_MAGIC = 0
+_WIRE_HEADER = 5  # magic byte + 4-byte big-endian schema id
+
+
+def _read_avro(value: bytes, start: int, writer: AvroSchema, reader: AvroSchema | None) -> dict[str, Any]:
+    buffer = io.BytesIO(value)
+    buffer.seek(start)
+    try:
+        record = schemaless_reader(buffer, writer, reader)
+    except _AVRO_DATA_ERRORS as exc:
+        raise DecodeError(f"not a valid Avro value: {type(exc).__name__}: {exc}") from None
+    if buffer.tell() != len(value):
+        raise DecodeError(f"Avro value has {len(value) - buffer.tell()} trailing bytes")
+    if not isinstance(record, dict):
+        raise DecodeError("Avro value is not a record")
+    return record
+
+
+class SchemalessAvroDecoder:
+    """Values written with `schemaless_writer` and the SCHEMA_FILE schema (no header)."""
+
+    def __init__(self, schema: AvroSchema) -> None:
+        self._schema = reading_uuids_as_text(schema)
+        self._columns = columns_of(schema)
+        self._converters = cell_converters(self._columns, float_free_fields(schema))
+
+    def decode(self, value: bytes) -> tuple[Fields, dict[str, Any]]:
+        row = convert(_read_avro(value, 0, self._schema, None), self._converters)
+        return row, row
+
+    def columns(self) -> list[ColumnSpec]:
+        return self._columns
+
+
+@dataclass(slots=True)
+class _WriterSchema:
+    writer: AvroSchema
+    converters: Mapping[str, Converter]
+
+
+class RegistryAvroDecoder:
+    """Confluent wire format: magic byte 0, a 4-byte schema id, then the Avro body.
+
+    Writer schemas come from the registry by id (cached); with a reader schema (SCHEMA_FILE) values are
+    resolved against it, so producers may evolve their schema; without one, the table follows the
+    writers and a new optional field adds a nullable column.
+    """
+
+    def __init__(
+        self, registry: SchemaRegistryClient, reader: AvroSchema | None, initial: AvroSchema | None = None
+    ) -> None:
+        self._registry = registry
+        self._reader_columns = columns_of(reader) if reader is not None else None
+        self._reader_float_free = float_free_fields(reader) if reader is not None else None
+        self._reader = reading_uuids_as_text(reader) if reader is not None else None  # as values are read
+        base = reader if reader is not None else initial
+        self._columns: dict[str, ColumnSpec] = {c.name: c for c in columns_of(base)} if base else {}
+        self._writers: dict[int, _WriterSchema] = {}
+        # The runner decodes the next batch on the polling thread while the worker may decode another:
+        # loading a new schema id (and growing the columns) happens under this lock, once per id.
+        self._loading = threading.Lock()
+
+    def decode(self, value: bytes) -> tuple[Fields, dict[str, Any]]:
+        if len(value) < _WIRE_HEADER or value[0] != _WIRE_MAGIC:
+            raise DecodeError("not Confluent wire format (magic byte 0 and a 4-byte schema id)")
+        schema_id = int.from_bytes(value[1:_WIRE_HEADER], "big")
+        entry = self._writers.get(schema_id) or self._load(schema_id)
+        row = convert(_read_avro(value, _WIRE_HEADER, entry.writer, self._reader), entry.converters)
+        return row, row
+
+    def columns(self) -> list[ColumnSpec]:
+        return list(self._columns.values())
+
+    def _load(self, schema_id: int) -> _WriterSchema:
+        with self._loading:
+            loaded = self._writers.get(schema_id)
+            return loaded if loaded is not None else self._load_locked(schema_id)
+
+    def _load_locked(self, schema_id: int) -> _WriterSchema:
+        try:
+            writer = _fastavro_parse(self._registry.schema(schema_id), named_schemas={})
+        except SchemaNotFound:
+            raise DecodeError(f"schema id {schema_id} is not in the registry") from None
+        except (SchemaParseException, ValueError, TypeError) as exc:
+            raise DecodeError(f"schema id {schema_id} cannot be parsed: {exc}") from None
+        columns = self._reader_columns if self._reader_columns is not None else columns_of(writer)
+        float_free = self._reader_float_free if self._reader_float_free is not None else float_free_fields(writer)
+        writer = reading_uuids_as_text(writer)
+        if self._reader is None:
+            self._columns = merge_columns(self._columns, columns)
+        entry = _WriterSchema(writer, cell_converters(columns, float_free))
+        self._writers[schema_id] = entry
+        return entry

@@ -1,0 +1,42 @@
+"""JSON values: with SCHEMA_FILE one column per field, without it one `value` JSON column."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from consumer.decode.decoder import convert
+from consumer.decode.keys import Fields
+from consumer.decode.schema import (
+    AvroSchema,
+    cell_converters,
+    columns_of,
+    field_names,
+    to_json_text,
+)
+from consumer.errors import DecodeError
+from consumer.records import ColumnKind, ColumnSpec
+
+
+class JsonDecoder:
+    """JSON objects; with SCHEMA_FILE one column per field, without it one `value` JSON column."""
+
+    def __init__(self, schema: AvroSchema | None) -> None:
+        self._columns = columns_of(schema) if schema is not None else [ColumnSpec("value", ColumnKind.JSON, True)]
+        self._names = field_names(schema) if schema is not None else None
+        self._converters = cell_converters(self._columns)
+
+    def decode(self, value: bytes) -> tuple[Fields, dict[str, Any]]:
+        try:
+            obj = json.loads(value)
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError(f"not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise DecodeError(f"JSON value is a {type(obj).__name__}, not an object")
+        if self._names is None:
+            return obj, {"value": to_json_text(obj)}
+        row = convert({name: obj.get(name) for name in self._names}, self._converters)
+        return row, row  # keys from the converted row: a uuid key is canonical, like its cell
+
+    def columns(self) -> list[ColumnSpec]:
+        return self._columns

@@ -1,0 +1,33 @@
+"""Producing: the one idempotent producer and the one blocking hand-over of a message to librdkafka, shared by
+the dead-letter publisher, `dlq replay`, `produce` and the benchmark."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from confluent_kafka import KafkaException, Producer
+
+from consumer.errors import FatalError
+from consumer.kafka.errors import client_construction, describe
+
+_QUEUE_FULL_POLL_S = 0.1  # while librdkafka's local queue is full: serve delivery reports this long, then retry
+
+
+def idempotent_producer(config: Mapping[str, Any], linger_ms: int = 5, **extra: Any) -> Producer:
+    """acks=all and idempotence: a retried send is never written twice and order per partition holds."""
+    with client_construction():
+        return Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms, **extra})
+
+
+def blocking_produce(producer: Producer, topic: str, doing: str, **message: Any) -> None:
+    """Hand one message to librdkafka, waiting (serving deliveries) while its local queue is full. produce()
+    refusing the message itself (too large, unknown partition, a fatal producer) raises FatalError."""
+    while True:
+        try:
+            producer.produce(topic, **message)
+            return
+        except BufferError:
+            producer.poll(_QUEUE_FULL_POLL_S)
+        except KafkaException as exc:
+            raise FatalError(f"{doing}: {describe(exc)}") from None

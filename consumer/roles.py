@@ -1,0 +1,81 @@
+"""The roles the runner and the pipeline drive, their contracts written once: where records come from
+(`Source`, calling back a `RebalanceListener`), where rows go (`Sink`), where poison goes (`DeadLetterSink`).
+consumer.kafka and consumer.sql implement them; only consumer.service.app and consumer.service.components meet
+the concrete classes, so the loop itself imports no Kafka and no SQL. A leaf: imports only consumer.records."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from typing import Protocol
+
+from consumer.records import (
+    ColumnSpec,
+    CommitOutcome,
+    DeadLetter,
+    DecodedRecord,
+    RawRecord,
+    TopicPartition,
+    WriteResult,
+)
+
+
+class RebalanceListener(Protocol):
+    """Called on the polling thread, inside `Source.poll()`."""
+
+    def on_assigned(self, partitions: list[TopicPartition]) -> None: ...
+
+    def on_revoked(self, partitions: list[TopicPartition]) -> None:
+        """Return only after the records in hand for these partitions are written and committed."""
+
+    def on_lost(self, partitions: list[TopicPartition]) -> None:
+        """Drop records in hand for these partitions, uncommitted."""
+
+
+class Source(Protocol):
+    """Where records come from, called only on the polling thread. `poll` runs the rebalance callbacks;
+    nothing here blocks longer than its timeout except `commit` (synchronous) and `close`."""
+
+    def subscribe(self, listener: RebalanceListener) -> None: ...
+
+    def poll(self, max_records: int, timeout_s: float) -> list[RawRecord]:
+        """Up to `max_records` records of unpaused partitions; raises FatalError or BrokerUnavailableError."""
+        ...
+
+    def pause(self, partitions: Collection[TopicPartition]) -> None: ...
+
+    def resume(self, partitions: Collection[TopicPartition]) -> None: ...
+
+    def commit(self, offsets: Mapping[TopicPartition, int]) -> CommitOutcome:
+        """Commit synchronously; a refusal is returned, not raised; raises FatalError."""
+        ...
+
+    def high_watermark(self, partition: TopicPartition) -> int | None: ...
+
+    def group_committed(self, partition: TopicPartition) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    """Where batches land. Called from one thread at a time; every method may block on the database."""
+
+    def prepare(self, columns: Sequence[ColumnSpec]) -> None:
+        """Create the table or add nullable columns for new fields; a no-op when nothing changed.
+        Raises FatalError (cannot create/alter) or SinkUnavailableError."""
+
+    def write(self, records: Sequence[DecodedRecord]) -> WriteResult:
+        """Write one batch in one transaction; keys are unique within the call; safe to repeat.
+        Raises SinkUnavailableError, RecordRejectedError (some row is bad) or FatalError."""
+
+    def ping(self) -> None:
+        """Answer when the database does; raises like `write`."""
+
+    def close(self) -> None: ...
+
+
+class DeadLetterSink(Protocol):
+    def publish(self, letters: Sequence[DeadLetter]) -> None:
+        """Return once every letter is acknowledged by the broker; raise BrokerUnavailableError (retry the
+        batch) or FatalError. Safe to call again with the same letters."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,65 @@
+"""Construction of the service's parts from `Settings`, public so `check` and the tools build exactly what `run`
+builds: the value decoder (schema file or registry), the record decoder with its idempotency key, the SQL sink,
+the Kafka clients' configuration. `app.build` wires these into a running service; this module starts nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from consumer.decode.avro import RegistryAvroDecoder, SchemalessAvroDecoder
+from consumer.decode.decoder import Decoder, ValueDecoder
+from consumer.decode.json_values import JsonDecoder
+from consumer.decode.keys import key_source
+from consumer.decode.registry import SchemaRegistryClient
+from consumer.decode.schema import AvroSchema, field_names, load_schema_file, parse_schema
+from consumer.errors import ConfigError, TransientError
+from consumer.settings import Settings, ValueFormat, WriteMode
+from consumer.sql.engine import create_sink_engine
+from consumer.sql.sink import SqlSink
+
+log = logging.getLogger(__name__)
+
+
+def value_decoder(settings: Settings) -> tuple[ValueDecoder, list[str] | None]:
+    """The value decoder and the field names known at start (None when the fields are not known)."""
+    reader: AvroSchema | None = load_schema_file(settings.schema_file) if settings.schema_file else None
+    if settings.value_format is ValueFormat.JSON:
+        return JsonDecoder(reader), field_names(reader) if reader is not None else None
+    if settings.schema_registry_url:
+        registry = SchemaRegistryClient(settings.schema_registry_url)
+        initial = reader if reader is not None else _latest_registry_schema(registry, settings)
+        decoder = RegistryAvroDecoder(registry, reader, initial)
+        return decoder, field_names(initial) if initial is not None else None
+    assert reader is not None  # Settings requires SCHEMA_FILE for avro without a registry
+    return SchemalessAvroDecoder(reader), field_names(reader)
+
+
+def record_decoder(settings: Settings) -> Decoder:
+    """A batch's records into rows with their IDEMPOTENCY_KEY; ConfigError when the key names no field."""
+    values, fields = value_decoder(settings)
+    return Decoder(values, key_source(settings.idempotency_key, fields), settings.idempotency_key,
+                   settings.max_record_bytes)
+
+
+def sql_sink(settings: Settings) -> SqlSink:
+    """The sink of SINK_URL and SINK_TABLE; nothing is connected until it is used."""
+    return SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file), settings.sink_table,
+                   upsert=settings.sink_write_mode is WriteMode.UPSERT,
+                   typed_values=settings.value_format is ValueFormat.AVRO)
+
+
+def _latest_registry_schema(registry: SchemaRegistryClient, settings: Settings) -> AvroSchema | None:
+    subject = f"{settings.consumer_topics[0]}-value"
+    try:
+        latest = registry.latest(subject)
+    except TransientError as exc:
+        log.warning("schema registry not answering at start; columns follow the first records",
+                    extra={"error": str(exc)})
+        return None
+    if latest is None:
+        return None
+    try:
+        return parse_schema(latest[1])
+    except ValueError as exc:
+        raise ConfigError(f"SCHEMA_REGISTRY_URL: latest schema of {subject} is not usable: {exc}") from None

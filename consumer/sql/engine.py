@@ -1,0 +1,65 @@
+"""The sink's SQLAlchemy engine from SINK_URL (and SINK_PASSWORD_FILE): psycopg 3 for PostgreSQL, with
+connection parameters that turn a vanished peer into a transient failure; SQLite in WAL mode."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.pool import StaticPool
+
+from consumer.errors import ConfigError
+
+
+def create_sink_engine(url: str, password_file: Path | None) -> Engine:
+    """An engine for SINK_URL; `postgresql://` means psycopg 3, the driver we ship."""
+    try:
+        parsed = make_url(url)
+        if parsed.drivername in ("postgresql", "postgres"):
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        if password_file is not None:
+            parsed = parsed.set(password=password_file.read_text(encoding="utf-8").strip())
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        connect_args = {k: v for k, v in _LIBPQ_DEFAULTS.items() if k not in parsed.query}
+        return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=connect_args)
+    except (ArgumentError, NoSuchModuleError, ValueError) as exc:
+        raise ConfigError(f"SINK_URL: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"SINK_PASSWORD_FILE: {exc}") from None
+
+
+# libpq connection parameters unless SINK_URL sets them: a connection attempt gives up after 10 s, and a
+# connection whose peer vanished (a network partition, a dead node) fails within about a minute instead
+# of hanging a write until the kernel's retransmissions give up (hours): TCP keepalives probe an idle
+# connection, tcp_user_timeout bounds unacknowledged sends. The failure is then transient and retried.
+_LIBPQ_DEFAULTS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def _sqlite_engine(url: sa.URL) -> Engine:
+    if not url.database or url.database == ":memory:":
+        # One connection shared by every thread: each new connection to ":memory:" is a new, empty
+        # database, so the table made at start would be missing on the sink's worker thread.
+        return sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
+    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = sa.create_engine(url, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # WAL lets a reader (tests, operators) look while we write; FULL keeps a commit a commit.
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.close()
+
+    return engine
