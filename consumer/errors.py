@@ -30,10 +30,6 @@ class SinkUnavailableError(TransientError):
     """The database is down, the connection was lost, or it timed out (never a reason to dead-letter)."""
 
 
-class CircuitOpenError(TransientError):
-    """The circuit breaker refused the call."""
-
-
 class PermanentError(ConsumerError):
     """The service cannot go on."""
 

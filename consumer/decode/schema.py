@@ -21,7 +21,7 @@ import fastavro
 import orjson
 from fastavro.schema import SchemaParseException
 
-from consumer.errors import ConfigError, DecodeError
+from consumer.errors import ConfigError, TransformError
 from consumer.records import ColumnKind, ColumnSpec
 
 AvroSchema = Any  # a parsed fastavro schema: dicts, lists and strings all the way down
@@ -116,7 +116,8 @@ _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9
 
 
 def _uuid_text(value: Any) -> Any:
-    """A uuid cell in canonical lower-case form; a string that is no uuid is poison (stage decode)."""
+    """A uuid cell in canonical lower-case form; a string that is no uuid cannot be made into the cell: poison
+    of stage transform (the value itself decoded)."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -125,7 +126,7 @@ def _uuid_text(value: Any) -> Any:
         try:
             return str(uuid.UUID(value))
         except ValueError:
-            raise DecodeError(f"not a uuid: {value[:60]!r}") from None
+            raise TransformError(f"not a uuid: {value[:60]!r}") from None
     return str(value)
 
 

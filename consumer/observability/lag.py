@@ -99,12 +99,6 @@ class LagMonitor:
         before = self._aged_from.get(partition)
         return before[1] if before is not None and before[0] == offset else None
 
-    def total_records(self) -> int:
-        return sum(row.lag_records or 0 for row in self.partitions)
-
-    def max_seconds(self) -> float:
-        return max((row.lag_seconds for row in self.partitions), default=0.0)
-
 
 def oldest_timestamp_ms(first_timestamps: Collection[int]) -> int | None:
     """The oldest of the first-record timestamps of the batches in hand; records without one (-1) skipped."""

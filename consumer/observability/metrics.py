@@ -22,9 +22,9 @@ class Outcome(StrEnum):
 
 
 class BatchOutcome(StrEnum):
-    COMMITTED = "committed"
-    RETRIED = "retried"
-    FAILED = "failed"
+    COMMITTED = "committed"  # its offsets went out
+    RETRIED = "retried"  # one failed attempt that will be retried
+    FAILED = "failed"  # ended without a commit: a fatal error (exit 1 follows) or the dead-letter guard
 
 
 class BatchStage(StrEnum):
@@ -62,13 +62,15 @@ _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10
 # Produce-to-commit latency: at best BATCH_MAX_WAIT_MS plus a write, at worst a backlog of minutes.
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
-# Error classes a sink retry can carry; `error_class` label values (our own class names only).
-SINK_ERROR_CLASSES = ("SinkUnavailableError", "BrokerUnavailableError", "CircuitOpenError", "RegistryUnavailableError")
+# Error classes a sink retry can carry (the TransientError subclasses a batch attempt raises); `error_class`
+# label values (our own class names only).
+SINK_ERROR_CLASSES = ("SinkUnavailableError", "BrokerUnavailableError", "RegistryUnavailableError")
 
-# Poison classes per dead-letter stage (our PoisonRecordError subclasses): `consumer_dead_letters_total` labels.
+# Poison classes per dead-letter stage, the PoisonRecordError subclasses the decoder and the sink raise:
+# `consumer_dead_letters_total` labels.
 DEAD_LETTER_CLASSES = {
     Stage.DECODE: ("DecodeError", "RecordTooLargeError"),
-    Stage.VALIDATE: ("RecordInvalidError", "MissingKeyError"),
+    Stage.VALIDATE: ("MissingKeyError",),
     Stage.TRANSFORM: ("TransformError",),
     Stage.SINK: ("RecordRejectedError",),
 }

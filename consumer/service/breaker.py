@@ -32,9 +32,6 @@ class CircuitBreaker:
         """Wall time of the last transition, for /status."""
         return self._changed_at
 
-    def allows(self) -> bool:
-        return self.state is not BreakerState.OPEN
-
     def seconds_until_probe(self) -> float:
         if self._opened_at is None:
             return 0.0

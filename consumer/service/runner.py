@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from consumer.clock import Clock
-from consumer.errors import GuardTrippedError, RegistryUnavailableError, TransientError
+from consumer.errors import GuardTrippedError, PermanentError, RegistryUnavailableError, TransientError
 from consumer.observability.health import HealthState
 from consumer.observability.lag import LagMonitor, oldest_timestamp_ms
 from consumer.observability.metrics import (
@@ -210,6 +210,9 @@ class Runner:
         except GuardTrippedError as exc:
             self._hold_for_guard(in_flight.batch, exc)
             return
+        except PermanentError:
+            self._metrics.batches_total.labels(BatchOutcome.FAILED.value).inc()
+            raise  # cli logs it and exits 1; nothing of this batch is committed
         self._breaker_success()
         self._backoff.reset()
         if self._adaptive is not None:
@@ -217,7 +220,11 @@ class Runner:
             self._batcher.set_max_records(limit)
             self._metrics.batch_max_records.set(limit)
         self._offsets.handled(result.next_offsets)
-        self._commit(result)
+        try:
+            self._commit(result)
+        except PermanentError:
+            self._metrics.batches_total.labels(BatchOutcome.FAILED.value).inc()
+            raise
 
     def _retry_later(self, batch: Batch, exc: TransientError) -> None:
         """Keep the batch in hand (first in line) and try again after a backoff; never dead-letter it."""
@@ -263,6 +270,7 @@ class Runner:
         self._waiting.clear()
         self._decoded_ahead = None
         dropped = len(batch) + len(self._batcher.flush(CloseReason.SHUTDOWN) or ())
+        self._metrics.batches_total.labels(BatchOutcome.FAILED.value).inc()
         self._metrics.dlq_guard_tripped.set(1)
         self._health.guard_tripped = True
         self._status.error(exc)

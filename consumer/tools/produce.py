@@ -121,7 +121,6 @@ class EventMaker:
         self._plan = plan
         self._id_kind = self._id_type(schema, plan.id_field)
         self._recent: list[tuple[bytes | None, bytes]] = []
-        self._serial = 0
 
     @staticmethod
     def _id_type(schema: AvroSchema, name: str | None) -> str | None:
@@ -172,7 +171,6 @@ class EventMaker:
         return key, self._wire(encode(self._schema, event))
 
     def _fresh_id(self) -> Any:
-        self._serial += 1
         if self._id_kind == "string":
             return str(uuid.UUID(int=self._rng.getrandbits(128), version=4))
         bound = 2**31 - 1 if self._id_kind == "int" else 2**63 - 1

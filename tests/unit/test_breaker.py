@@ -10,7 +10,7 @@ from consumer.service.retry import Backoff
 def test_opens_after_threshold_consecutive_failures() -> None:
     clock = FakeClock()
     b = CircuitBreaker(3, 10.0, clock)
-    assert b.state is BreakerState.CLOSED and b.allows()
+    assert b.state is BreakerState.CLOSED and b.seconds_until_probe() == 0
     b.record_failure()
     b.record_failure()
     b.record_success()  # resets the count
@@ -19,7 +19,7 @@ def test_opens_after_threshold_consecutive_failures() -> None:
     assert b.state is BreakerState.CLOSED
     clock.advance(1)
     b.record_failure()
-    assert b.state is BreakerState.OPEN and not b.allows()
+    assert b.state is BreakerState.OPEN and b.seconds_until_probe() > 0
     assert b.changed_at == clock.wall()
     assert b.seconds_until_probe() == 10.0
 
@@ -31,7 +31,7 @@ def test_half_open_probe_success_closes() -> None:
     clock.advance(4.9)
     assert b.state is BreakerState.OPEN
     clock.advance(0.1)
-    assert b.state is BreakerState.HALF_OPEN and b.allows()
+    assert b.state is BreakerState.HALF_OPEN and b.seconds_until_probe() == 0
     assert b.seconds_until_probe() == 0.0
     clock.advance(2)
     b.record_success()

@@ -172,4 +172,4 @@ def test_a_uuid_field_is_canonicalised_and_a_string_that_is_no_uuid_is_poison(de
     assert [d.row["event_id"] for d in out.decoded] == [
         "abcdef01-1234-5678-1234-567812345678", "abcdef01-1234-5678-1234-56781234567f"]
     assert [(d.record.offset, d.stage.value, d.error_class) for d in out.dead_letters] == [
-        (3, "decode", "DecodeError"), (4, "decode", "DecodeError")]
+        (3, "transform", "TransformError"), (4, "transform", "TransformError")]

@@ -204,6 +204,8 @@ def test_a_permanent_failure_in_batch_n_keeps_batch_n_plus_1_from_committing(sta
     committed_batches = [b.batch_id for b in pipeline.processed]
     assert committed_batches == [1]
     assert source.commits == [pipeline.processed[0].next_offsets()]
+    assert running.registry.get_sample_value("consumer_batches_total", {"outcome": "failed"}) == 1
+    assert running.registry.get_sample_value("consumer_batches_total", {"outcome": "committed"}) == 1
 
 
 def test_an_open_breaker_keeps_partitions_paused_and_polling_until_the_sink_answers(start: StartRunner) -> None:
@@ -273,6 +275,7 @@ def test_a_tripped_guard_holds_everything_uncommitted_and_a_stop_exits_0(start: 
     assert [b.batch_id for b in pipeline.processed] == [1]
     assert source.commits == [pipeline.processed[0].next_offsets()]
     assert running.registry.get_sample_value("consumer_dlq_guard_tripped") == 1
+    assert running.registry.get_sample_value("consumer_batches_total", {"outcome": "failed"}) == 1
     assert running.stopped() == 0
     assert source.commits == [pipeline.processed[0].next_offsets()]  # the stop committed nothing more
     assert source.closed
