@@ -26,6 +26,7 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from consumer.kafka.produce import blocking_produce
 from ops.testbed.kafka import KAFKA_VERSION, KafkaBroker, TestbedError
 from ops.testbed.net import free_port
 
@@ -175,12 +176,8 @@ def produce_all(
     delivered = Delivered(partitions)
     sent = 0
     for value in values:
-        while True:
-            try:
-                producer.produce(topic, value, partition=sent % partitions, on_delivery=delivered)
-                break
-            except BufferError:
-                producer.poll(0.05)  # local queue full: let deliveries drain it
+        blocking_produce(producer, topic, f"producing to {topic}", value=value, partition=sent % partitions,
+                         on_delivery=delivered)
         sent += 1
         if sent % 10_000 == 0:
             producer.poll(0)

@@ -23,12 +23,13 @@ from support.db import connect, fetch, table_exists
 from support.events import decode, encode, event_id, make_event
 from support.kafka import Msg, ReadMsg, TopicWriter, committed_offsets, create_topic, read_all
 from support.runs import SCHEMA_FILE, assert_one_row_per_key, service_env, valid_messages, wait_metric
-from support.service import BASE_ENV, ServiceProcess, free_port
+from support.service import BASE_ENV, ServiceProcess
 from support.services import TcpProxy, local_kafka
 from support.waiting import wait_until
 
 from consumer.kafka.dead_letters import dead_letter_headers
 from consumer.records import DeadLetter, RawRecord, Stage
+from ops.testbed.net import free_port
 
 StartService = Callable[..., ServiceProcess]
 BASE = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)

@@ -30,9 +30,11 @@ from support.runs import (
     wait_committed,
     wait_metric,
 )
-from support.service import ServiceProcess, free_port
+from support.service import ServiceProcess
 from support.services import CutMode, TcpProxy, local_kafka
 from support.waiting import hold, wait_until
+
+from ops.testbed.net import free_port
 
 StartService = Callable[..., ServiceProcess]
 Coordinates = tuple[int, int]  # (partition, offset) in the test's topic

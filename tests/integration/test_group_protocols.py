@@ -24,9 +24,11 @@ from support.runs import (
     valid_messages,
     wait_committed,
 )
-from support.service import ServiceProcess, free_port
+from support.service import ServiceProcess
 from support.services import TcpProxy, local_kafka
 from support.waiting import hold, wait_until
+
+from ops.testbed.net import free_port
 
 StartService = Callable[..., ServiceProcess]
 

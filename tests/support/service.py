@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -19,6 +18,8 @@ from typing import IO
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+
+from ops.testbed.net import free_port
 
 from .waiting import wait_until
 
@@ -33,14 +34,6 @@ BASE_ENV: Mapping[str, str] = {
 }
 _HTTP_TIMEOUT_S = 5.0
 _LOG_TAIL_CHARS = 4000
-
-
-def free_port() -> int:
-    """A TCP port free right now on 127.0.0.1 (another process could take it before use; rare enough)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 class ServiceProcess:
