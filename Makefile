@@ -12,9 +12,11 @@ $(BIN)/consumer: pyproject.toml
 
 install: $(BIN)/consumer
 
+# lint-imports: the layering contracts in pyproject.toml [tool.importlinter] (tests/unit/test_architecture.py too)
 lint: install
 	$(BIN)/ruff check consumer tests ops
 	$(BIN)/mypy consumer ops
+	$(BIN)/lint-imports
 
 test: install
 	$(BIN)/python -m pytest -q
