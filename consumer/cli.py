@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="consume, batch, sink, commit until SIGTERM/SIGINT",
                               epilog="example: consumer run", formatter_class=argparse.RawDescriptionHelpFormatter)
-    # internal, set by the WORKERS > 1 supervisor on the processes it starts (consumer/supervisor.py)
+    # internal, set by the WORKERS > 1 supervisor on the processes it starts (consumer/workers/supervisor.py)
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     run.add_argument("--worker-metrics-port", type=int, help=argparse.SUPPRESS)
     commands.add_parser("check", help="validate configuration and connectivity; exit 0 ok, 1 not, 2 config",

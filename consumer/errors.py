@@ -5,7 +5,7 @@ PermanentError   the service cannot go on: stop (ConfigError exit 2, FatalError 
 PoisonRecordError one record will never succeed: dead-letter it and commit past it.
 GuardTrippedError too many records were poison: hold everything until an operator restarts the service.
 
-Boundary modules (source, decoder, sink, dlq, settings) translate library errors into these;
+The boundaries (consumer.kafka, consumer.decode, consumer.sql, settings) translate library errors into these;
 no third-party exception escapes them. This module imports nothing from the package.
 """
 
