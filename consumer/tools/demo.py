@@ -224,7 +224,8 @@ def _watch(watch: Watch, stop: threading.Event, keep_running: bool, view: Consol
 
 def _dead_letters_by_stage(address: str, dlq_topic: str) -> dict[str, int]:
     from consumer.errors import ConsumerError
-    from consumer.tools.dlq_inspect import Selection, inspect_topic
+    from consumer.tools.dlq_inspect import inspect_topic
+    from consumer.tools.dlq_reading import Selection
 
     try:
         inspection = inspect_topic({"bootstrap.servers": address}, dlq_topic, f"{GROUP}.dlq-inspect",

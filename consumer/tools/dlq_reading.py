@@ -1,12 +1,11 @@
-"""`dlq inspect`: read the dead-letter topic without disturbing any consumer group, summarise and list it.
+"""Reading the dead-letter topic, shared by `dlq inspect` and `dlq replay`: a dead-letter record parsed from
+its headers, the selection (filters) and the reader.
 
 The reader assigns every partition and reads from a start offset up to the end it saw when it got there
 (librdkafka's partition EOF, which comes from the high watermark of a fetch response), with no extra
 round trip; it also holds on Tansu, the demo's broker, whose ListOffsets(latest) is wrong once a partition
-holds multi-record batches. Inspecting never joins a group
-and never commits, so neither the service's group nor the replay's position moves.
-
-The selection (filters) and the reader are shared with `dlq replay` (consumer/tools/dlq_replay.py).
+holds multi-record batches. Reading never joins a group and never commits, so neither the service's group
+nor the replay's position moves.
 """
 
 from __future__ import annotations
@@ -16,29 +15,18 @@ import datetime as dt
 import hashlib
 import json
 import re
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
-from rich.console import Console
-from rich.table import Table
 
-from consumer.decode.decoder import ValueDecoder
-from consumer.decode.schema import to_json_text
-from consumer.errors import BrokerUnavailableError, ConfigError, ConsumerError
+from consumer.errors import BrokerUnavailableError, ConfigError
 from consumer.kafka import headers as h
-from consumer.kafka.config import kafka_client_config
 from consumer.kafka.errors import client_construction, translate, translated
 from consumer.records import RawRecord, Stage
-from consumer.service.components import value_decoder
-from consumer.settings import Settings
 
 _PREVIEW_CHARS = 40
-_PIPE_WIDTH = 160
-_TEXT_LIMIT = 50  # a table longer than this is not read by anyone; the summary still counts everything
-_MESSAGE_CHARS = 60
 _POLL_RECORDS = 1000
 _POLL_TIMEOUT_S = 1.0
 _RELATIVE = re.compile(r"^(\d+)([smhd])$")
@@ -72,8 +60,8 @@ class DlqEntry:
             "original_offset": self.original_offset, "original_timestamp_ms": self.original_timestamp_ms,
             "stage": self.stage, "error_class": self.error_class, "error_message": self.error_message,
             "consumer_group": self.consumer_group,
-            "failed_at": _iso(self.failed_at), "attempts": self.attempts, "replay_count": self.replay_count,
-            "key": _bytes_preview(self.raw.key) if self.raw.key is not None else None, "value_bytes": self.raw.size, "value_preview": preview,
+            "failed_at": iso(self.failed_at), "attempts": self.attempts, "replay_count": self.replay_count,
+            "key": bytes_preview(self.raw.key) if self.raw.key is not None else None, "value_bytes": self.raw.size, "value_preview": preview,
         }
 
 
@@ -87,7 +75,7 @@ class ForeignRecord:
     def as_json(self) -> dict[str, Any]:
         return {"dlq_partition": self.raw.partition, "dlq_offset": self.raw.offset,
                 "missing_headers": list(self.missing), "value_bytes": self.raw.size,
-                "value_preview": _bytes_preview(self.raw.value)}
+                "value_preview": bytes_preview(self.raw.value)}
 
 
 def header_map(raw: RawRecord) -> dict[str, str]:
@@ -132,7 +120,7 @@ def _timestamp(text: str | None) -> dt.datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def _iso(moment: dt.datetime | None) -> str | None:
+def iso(moment: dt.datetime | None) -> str | None:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z") if moment else None
 
 
@@ -162,7 +150,7 @@ class Selection:
 
     def describe(self) -> dict[str, Any]:
         return {"stage": sorted(self.stages), "error_class": sorted(self.error_classes),
-                "topic": sorted(self.topics), "since": _iso(self.since), "until": _iso(self.until)}
+                "topic": sorted(self.topics), "since": iso(self.since), "until": iso(self.until)}
 
     def digest(self) -> str:
         """A short stable name for this selection (the replay's consumer group is named after it)."""
@@ -324,217 +312,14 @@ def _to_raw(message: Message) -> RawRecord:
                      message.key(), message.value(), tuple(headers))
 
 
-# --- inspecting --------------------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Inspection:
-    """The matching entries (all of them counted, the first `limit` kept) and every foreign record."""
-
-    scan: Scan
-    selection: Selection
-    limit: int | None
-    matched: int = 0
-    shown: list[DlqEntry] = field(default_factory=list)
-    foreign: list[ForeignRecord] = field(default_factory=list)
-    by_stage: Counter[str] = field(default_factory=Counter)
-    by_error_class: Counter[str] = field(default_factory=Counter)
-    by_topic: Counter[str] = field(default_factory=Counter)
-    first_failed: dt.datetime | None = None
-    last_failed: dt.datetime | None = None
-
-    def add(self, raw: RawRecord) -> None:
-        entry = parse(raw)
-        if isinstance(entry, ForeignRecord):
-            self.foreign.append(entry)
-            return
-        if not self.selection.matches(entry):
-            return
-        self.matched += 1
-        self.by_stage[entry.stage] += 1
-        self.by_error_class[entry.error_class] += 1
-        self.by_topic[entry.original_topic] += 1
-        if entry.failed_at is not None:
-            self.first_failed = min(self.first_failed or entry.failed_at, entry.failed_at)
-            self.last_failed = max(self.last_failed or entry.failed_at, entry.failed_at)
-        if self.limit is None or len(self.shown) < self.limit:
-            self.shown.append(entry)
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "dlq_topic": self.scan.topic, "scanned": self.scan.scanned, "matched": self.matched,
-            "shown": len(self.shown), "foreign": len(self.foreign),
-            "by_stage": dict(sorted(self.by_stage.items())),
-            "by_error_class": dict(sorted(self.by_error_class.items())),
-            "by_topic": dict(sorted(self.by_topic.items())),
-            "failed_at": {"first": _iso(self.first_failed), "last": _iso(self.last_failed)},
-            "end_offsets": {str(p): o for p, o in sorted(self.scan.ends.items())},
-            "selection": self.selection.describe(),
-        }
-
-
-def inspect_topic(
-    config: Mapping[str, Any], topic: str, group_id: str, selection: Selection, limit: int | None, timeout_s: float
-) -> Inspection:
-    consumer = tool_consumer(config, group_id)
-    try:
-        inspection = Inspection(Scan(topic), selection, limit)
-        for raw in read_topic(consumer, inspection.scan, timeout_s):
-            inspection.add(raw)
-        return inspection
-    finally:
-        consumer.close()
-
-
-class Previewer:
-    """A short, readable rendering of a value: decoded with the service's decoder when it can be."""
-
-    def __init__(self, decoder: ValueDecoder | None) -> None:
-        self._decoder = decoder
-
-    def __call__(self, value: bytes | None) -> str:
-        if value is None:
-            return "<null>"
-        if self._decoder is not None:
-            try:
-                _fields, row = self._decoder.decode(value)
-                return _shorten(to_json_text(row) or "")
-            except ConsumerError:  # poison does not decode: that is often why it is here
-                pass
-        return _bytes_preview(value)
-
-
-def _bytes_preview(value: bytes | None) -> str:
+def bytes_preview(value: bytes | None) -> str:
     if value is None:
         return "<null>"
     text = value.decode("utf-8", errors="replace")
     if text.isprintable() and "\ufffd" not in text:
-        return _shorten(text)
-    return _shorten(repr(value)[2:-1])  # printable bytes as they are, the others as \xNN
+        return shorten(text)
+    return shorten(repr(value)[2:-1])  # printable bytes as they are, the others as \xNN
 
 
-def _shorten(text: str, limit: int = _PREVIEW_CHARS) -> str:
+def shorten(text: str, limit: int = _PREVIEW_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def render_json(inspection: Inspection, preview: Previewer) -> str:
-    return json.dumps({
-        "summary": inspection.summary(),
-        "records": [entry.as_json(preview(entry.raw.value)) for entry in inspection.shown],
-        "foreign": [record.as_json() for record in inspection.foreign],
-    }, indent=2)
-
-
-def render_text(inspection: Inspection, preview: Previewer, console: Console) -> None:
-    summary = inspection.summary()
-    console.print(f"[bold]dead-letter topic {summary['dlq_topic']}[/]: {summary['scanned']} records scanned, "
-                  f"{summary['matched']} match, {summary['foreign']} foreign")
-    first, last = summary["failed_at"]["first"], summary["failed_at"]["last"]
-    if first:
-        console.print(f"  failed between {first} and {last}")
-    counts = Table(title="summary", show_edge=False, title_justify="left")
-    for column in ("by stage", "by error class", "by original topic"):
-        counts.add_column(column)
-    groups = [_count_lines(summary[name]) for name in ("by_stage", "by_error_class", "by_topic")]
-    for row in range(max((len(group) for group in groups), default=0)):
-        counts.add_row(*(group[row] if row < len(group) else "" for group in groups))
-    console.print(counts)
-    if inspection.shown:
-        console.print(_records_table(inspection, preview))
-    if inspection.foreign:
-        console.print(_foreign_table(inspection.foreign))
-
-
-def _count_lines(counts: Mapping[str, int]) -> list[str]:
-    return [f"{name}  {count}" for name, count in counts.items()]
-
-
-def _records_table(inspection: Inspection, preview: Previewer) -> Table:
-    more = inspection.matched - len(inspection.shown)
-    table = Table(title=f"records ({len(inspection.shown)} shown" + (f", {more} more)" if more else ")"),
-                  title_justify="left", show_edge=False)
-    for column in ("dlq p/offset", "original topic/p/offset", "stage", "error class", "attempts", "failed at"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("message", ratio=3, overflow="fold")
-    table.add_column("value", ratio=2, overflow="fold")
-    for entry in inspection.shown:
-        table.add_row(
-            f"{entry.raw.partition}/{entry.raw.offset}",
-            f"{entry.original_topic}/{entry.original_partition}/{entry.original_offset}",
-            entry.stage, entry.error_class, str(entry.attempts), _iso(entry.failed_at) or "",
-            _shorten(entry.error_message, _MESSAGE_CHARS), preview(entry.raw.value),
-        )
-    return table
-
-
-def _foreign_table(foreign: list[ForeignRecord]) -> Table:
-    table = Table(title=f"foreign records: {len(foreign)} without dead-letter headers", title_justify="left",
-                  show_edge=False)
-    table.add_column("dlq p/offset", no_wrap=True)
-    table.add_column("missing headers", ratio=3, overflow="fold")
-    table.add_column("value", ratio=2, overflow="fold")
-    for record in foreign:
-        table.add_row(f"{record.raw.partition}/{record.raw.offset}", ", ".join(record.missing),
-                      _bytes_preview(record.raw.value))
-    return table
-
-
-# --- command line ------------------------------------------------------------------------------------
-
-INSPECT_EPILOG = """examples:
-  consumer dlq inspect                                  # summary and table of the whole DLQ_TOPIC
-  consumer dlq inspect --stage sink --since 2h          # sink rejections of the last two hours
-  consumer dlq inspect --error-class DecodeError --topic orders --limit 20
-  consumer dlq inspect --format json | jq '.summary.by_stage'
-reads from the beginning to the end seen on arrival; joins no consumer group and commits nothing."""
-
-
-def configure_inspect(parser: argparse.ArgumentParser) -> None:
-    add_selection_arguments(parser)
-    parser.add_argument("--limit", type=positive_int, metavar="N",
-                        help=f"list at most N records (default {_TEXT_LIMIT} in text, all in JSON); counts cover all")
-    parser.add_argument("--format", choices=("text", "json"), default="text", help="output format")
-    parser.add_argument("--no-decode", action="store_true", help="preview raw bytes instead of decoded values")
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return value
-
-
-def dlq_topic(settings: Settings, args: argparse.Namespace) -> str:
-    return str(args.dlq_topic or settings.dead_letter_topic)
-
-
-def previewer(settings: Settings, enabled: bool) -> Previewer:
-    if not enabled:
-        return Previewer(None)
-    try:
-        decoder, _fields = value_decoder(settings)
-    except ConsumerError:  # a preview is a nicety: an unreadable schema or a silent registry means raw bytes
-        return Previewer(None)
-    return Previewer(decoder)
-
-
-def output_console() -> Console:
-    """Wide enough for the tables when stdout is a pipe or a file (rich assumes 80 columns there)."""
-    probe = Console()
-    return probe if probe.is_terminal else Console(width=_PIPE_WIDTH)
-
-
-def run_inspect(settings: Settings, args: argparse.Namespace) -> int:
-    selection = selection_from(args)
-    limit = args.limit or (None if args.format == "json" else _TEXT_LIMIT)
-    inspection = inspect_topic(kafka_client_config(settings), dlq_topic(settings, args),
-                               f"{settings.consumer_group_id}.dlq-inspect", selection, limit, args.timeout)
-    preview = previewer(settings, not args.no_decode)
-    if args.format == "json":
-        print(render_json(inspection, preview))
-    else:
-        render_text(inspection, preview, output_console())
-    return 0

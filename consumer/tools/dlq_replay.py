@@ -33,19 +33,21 @@ from consumer.kafka.errors import delivery_failure, translated
 from consumer.kafka.produce import blocking_produce, idempotent_producer
 from consumer.settings import Settings
 from consumer.tools.dlq_inspect import (
-    DlqEntry,
     Inspection,
+    dlq_topic,
+    output_console,
+    positive_int,
+    previewer,
+    render_text,
+)
+from consumer.tools.dlq_reading import (
+    DlqEntry,
     Scan,
     Selection,
     add_selection_arguments,
-    dlq_topic,
-    output_console,
     parse,
     partitions_of,
-    positive_int,
-    previewer,
     read_topic,
-    render_text,
     selection_from,
     tool_consumer,
 )

@@ -12,7 +12,7 @@ from support.contract import read_contract_dead_letter_headers
 from consumer.kafka.dead_letters import dead_letter_headers
 from consumer.records import DeadLetter, RawRecord, Stage
 from consumer.settings import Settings
-from consumer.tools.dlq_inspect import (
+from consumer.tools.dlq_reading import (
     DlqEntry,
     ForeignRecord,
     Selection,
