@@ -98,7 +98,7 @@ def _run(settings: Settings, worker: int | None = None, worker_port: int | None 
     settings.require_bootstrap()
     stop = threading.Event()
     if worker is not None and worker_port is not None:
-        from consumer.workers.supervisor import become_worker
+        from consumer.workers.worker import become_worker
 
         settings = become_worker(settings, worker, worker_port, stop)
     log.info("starting", extra={"version": __version__, "settings": settings.masked()})

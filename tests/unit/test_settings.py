@@ -211,7 +211,7 @@ def test_an_empty_group_instance_id_is_a_configuration_error(monkeypatch: pytest
 
 def test_each_worker_gets_its_own_group_instance_id(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two members with one group.instance.id fence each other: WORKERS > 1 suffixes the worker number."""
-    from consumer.workers.supervisor import worker_settings
+    from consumer.workers.worker import worker_settings
 
     monkeypatch.setenv("KAFKA_GROUP_INSTANCE_ID", "consumer-0")
     monkeypatch.setenv("WORKERS", "3")
