@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test test-unit test-integration test-deploy demo bench
+.PHONY: install lint test test-unit test-integration test-deploy demo bench dashboard-preview
 
 $(BIN)/consumer: pyproject.toml
 	$(PY) -m venv $(VENV)
