@@ -476,7 +476,8 @@ def test_the_dashboard_preview_draws_every_panel_from_the_run(observed: Observed
         for panel in panels(dashboard):
             for target in panel.targets:
                 for series in observed.api.query_range(interpolation.substitute(target.expr), start, end, 1):
-                    lines.setdefault(panel.title, []).append(Drawn(legend(target.legend, series.labels), series))
+                    drawn = Drawn(legend(target.legend, series.labels), series, target.ref_id)
+                    lines.setdefault(panel.title, []).append(drawn)
             if not any(line.series.finite for line in lines.get(panel.title, [])):
                 blank.append(panel.title)
         prefix = str(dashboard.get("uid") or path.stem)

@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib import rcParams
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -36,10 +37,11 @@ class Phase:
 
 @dataclass(frozen=True, slots=True)
 class Drawn:
-    """One line of a panel: its legend and its points."""
+    """One line of a panel: its legend, its points and the target (refId) it came from."""
 
     legend: str
     series: Series
+    ref_id: str = "A"
 
 
 def render_rows(title: str, panels: Sequence[Panel], lines: Mapping[str, Sequence[Drawn]],
@@ -87,20 +89,28 @@ def _draw_panel(axes: Axes, panel: Panel, drawn: Sequence[Drawn], phases: Sequen
     if not plotted:
         axes.text(0.5, 0.5, "No data", ha="center", va="center", transform=axes.transAxes, color="red")
         return
+    right = axes.twinx() if any(line.ref_id in panel.right_axis for line in plotted) else None
+    if right is not None:
+        right.tick_params(labelsize=7)
+        colours = list(rcParams["axes.prop_cycle"].by_key()["color"])
+        shift = sum(1 for line in plotted if line.ref_id not in panel.right_axis) % len(colours)
+        right.set_prop_cycle(color=colours[shift:] + colours[:shift])  # not the left lines' colours again
     for line in plotted:
+        target = right if right is not None and line.ref_id in panel.right_axis else axes
         times = [t - origin for t, _ in line.series.points]
         values = [v if math.isfinite(v) else math.nan for _, v in line.series.points]
         if panel.type == "state-timeline":
-            axes.step(times, values, where="post", label=line.legend, linewidth=1.2)
+            target.step(times, values, where="post", label=line.legend, linewidth=1.2)
         else:  # p99 lines dashed beside their p50 twins, as one would tell them apart in Grafana by colour
             style = "--" if line.legend.startswith("p99") else "-"
-            axes.plot(times, values, style, label=line.legend, linewidth=1.0)
+            target.plot(times, values, style, label=line.legend, linewidth=1.0)
     if panel.type == "stat":
         last = next((v for _, v in reversed(plotted[0].series.points) if math.isfinite(v)), math.nan)
         axes.text(0.5, 0.55, _format(last, panel.unit), ha="center", va="center", transform=axes.transAxes,
                   fontsize=18, fontweight="bold", alpha=0.8)
     elif len(plotted) <= 8:
-        axes.legend(fontsize=6, loc="upper left", framealpha=0.6)
+        handles = [h for a in (axes, right) if a is not None for h in a.get_legend_handles_labels()[0]]
+        axes.legend(handles=handles, fontsize=6, loc="upper left", framealpha=0.6)
 
 
 def _format(value: float, unit: str) -> str:

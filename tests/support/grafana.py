@@ -45,6 +45,7 @@ class Panel:
     grid: Mapping[str, int]  # gridPos: x, y, w, h in Grafana's 24-column grid
     targets: tuple[Target, ...]
     unit: str
+    right_axis: frozenset[str] = frozenset()  # refIds an override puts on a right-hand axis (another unit)
 
 
 def dashboard_files() -> list[Path]:
@@ -69,10 +70,19 @@ def panels(dashboard: Mapping[str, Any]) -> list[Panel]:
             Target(str(t.get("refId", "")), str(t["expr"]), str(t.get("legendFormat", "")))
             for t in panel.get("targets", []) if "expr" in t
         )
-        unit = str(panel.get("fieldConfig", {}).get("defaults", {}).get("unit", ""))
+        field_config = panel.get("fieldConfig", {})
+        unit = str(field_config.get("defaults", {}).get("unit", ""))
         found.append(Panel(str(panel.get("title", "")), str(panel.get("type", "")), row,
-                           dict(panel.get("gridPos", {})), targets, unit))
+                           dict(panel.get("gridPos", {})), targets, unit, _right_axis(field_config)))
     return found
+
+
+def _right_axis(field_config: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(
+        str(override["matcher"].get("options")) for override in field_config.get("overrides", [])
+        if override.get("matcher", {}).get("id") == "byFrameRefID"
+        and {"id": "custom.axisPlacement", "value": "right"} in override.get("properties", [])
+    )
 
 
 def _flat(items: Iterable[Mapping[str, Any]]) -> Iterator[Mapping[str, Any]]:
