@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test test-unit test-integration test-deploy demo bench
+.PHONY: install lint test test-unit test-integration test-deploy demo bench dashboard-preview
 
 $(BIN)/consumer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,3 +38,8 @@ demo: install
 # Ceilings and the service side by side in one run (see README, Performance); BENCH_RECORDS=20000 for a quick one.
 bench: install
 	BENCH_RECORDS=$(BENCH_RECORDS) $(BIN)/python -m ops.bench
+
+# The dashboards drawn from a real run (broker, PostgreSQL, the service, Prometheus): one PNG per dashboard row
+# into docs/dashboard/, from the same run that tests/integration/test_prometheus_live.py checks.
+dashboard-preview: install
+	DASHBOARD_PREVIEW_DIR=docs/dashboard $(BIN)/python -m pytest -q tests/integration/test_prometheus_live.py
