@@ -55,10 +55,11 @@ from support.grafana import (
 )
 from support.kafka import Msg, TopicWriter, committed_offsets, create_topic
 from support.runs import SCHEMA_FILE, service_env, valid_messages
-from support.service import ServiceProcess, free_port
+from support.service import ServiceProcess
 from support.services import TcpProxy, unavailable
 from support.waiting import wait_until
 
+from ops.testbed.net import free_port
 from ops.testbed.prometheus import (
     SHIPPED_CONFIG,
     PrometheusApi,
