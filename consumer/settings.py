@@ -80,74 +80,174 @@ class Settings(BaseSettings):
     )
 
     # --- Kafka -------------------------------------------------------------------------------------
-    kafka_bootstrap_servers: str | None = Field(None, description="Broker list; required by `run` and `check`.")
-    kafka_security_protocol: SecurityProtocol = Field(SecurityProtocol.PLAINTEXT, description="security.protocol")
-    kafka_sasl_mechanism: str | None = Field(None, description="sasl.mechanism, e.g. PLAIN or SCRAM-SHA-512.")
-    kafka_sasl_username: str | None = Field(None, description="sasl.username")
-    kafka_sasl_password: SecretStr | None = Field(None, description="sasl.password; never logged.")
-    kafka_ssl_ca_location: FilePath | None = Field(None, description="CA bundle for TLS brokers.")
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Broker list, comma-separated `host:port`; required by every command that reaches "
+        "the broker (`run`, `check`, `dlq inspect`, `dlq replay`, `produce`; not `demo`, which starts its own).",
+    )
+    kafka_security_protocol: SecurityProtocol = Field(
+        SecurityProtocol.PLAINTEXT, description="librdkafka `security.protocol` (case-insensitive)."
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="librdkafka `sasl.mechanism`, e.g. `PLAIN` or `SCRAM-SHA-512`; required when "
+        "`KAFKA_SECURITY_PROTOCOL` is `SASL_PLAINTEXT` or `SASL_SSL`.",
+    )
+    kafka_sasl_username: str | None = Field(None, description="librdkafka `sasl.username`.")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="librdkafka `sasl.password`; never logged (`***` in logs and `/status`). Credentials "
+        "the broker refuses exit 2 naming `KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD`.",
+    )
+    kafka_ssl_ca_location: FilePath | None = Field(
+        None, description="CA bundle file for TLS brokers; a broker certificate it does not trust exits 2 "
+        "naming this setting.",
+    )
     kafka_group_protocol: GroupProtocol = Field(
         GroupProtocol.CLASSIC,
-        description="`classic` (cooperative-sticky assignment) or `consumer` (KIP-848: the broker assigns, "
-        "its group.consumer.* settings own session and heartbeat; Kafka 4.0+).",
+        description="`classic` (cooperative-sticky assignment, `KAFKA_SESSION_TIMEOUT_MS`) or `consumer` (KIP-848: "
+        "the broker assigns partitions, its group.consumer.* settings own session and heartbeat; Kafka 4.0+).",
     )
     kafka_session_timeout_ms: PositiveInt = Field(
         45000, description="Consumer group session timeout, ms (classic protocol; the broker's with `consumer`)."
     )
-    kafka_max_poll_interval_ms: PositiveInt = Field(300000, description="librdkafka max.poll.interval.ms.")
-    kafka_extra: dict[str, str] = Field(
-        default_factory=dict, description="KAFKA_EXTRA__<PROPERTY>: any librdkafka property, '.' written '_'."
+    kafka_max_poll_interval_ms: PositiveInt = Field(
+        300000, description="librdkafka `max.poll.interval.ms`, ms; at least `KAFKA_SESSION_TIMEOUT_MS`. The loop "
+        "keeps polling while the sink is slow or down, so a slow database does not exceed it.",
     )
-    consumer_topics: Annotated[list[str], NoDecode] = Field(description="Comma-separated topics to consume.")
-    consumer_group_id: str = Field("microbatch-consumer", min_length=1, description="Consumer group id.")
+    kafka_extra: dict[str, str] = Field(
+        default_factory=dict,
+        description="Any other librdkafka property, `.` written `_`: `KAFKA_EXTRA__FETCH_WAIT_MAX_MS=50` sets "
+        "`fetch.wait.max.ms`. Applied last, so it overrides the service's own choices "
+        "(`queued.max.messages.kbytes=16384`, `fetch.wait.max.ms=100`, `auto.offset.reset=earliest`); a "
+        "property librdkafka refuses exits 2 naming `KAFKA_EXTRA`.",
+    )
+    consumer_topics: Annotated[list[str], NoDecode] = Field(
+        description="Comma-separated topics to consume."
+    )
+    consumer_group_id: str = Field(
+        "microbatch-consumer", min_length=1,
+        description="Consumer group whose offsets the service commits. A group with no committed offsets starts "
+        "at the earliest record (`auto.offset.reset=earliest`): a new group sinks the whole topic.",
+    )
     kafka_group_instance_id: str | None = Field(
         None, min_length=1,
-        description="librdkafka group.instance.id: static membership. A member that restarts within "
-        "KAFKA_SESSION_TIMEOUT_MS keeps its partitions without a rebalance; a dead one holds them until the session "
-        "times out. Unique per process (under WORKERS > 1 each worker appends -<worker number>).",
+        description="librdkafka `group.instance.id`: static membership. A member that restarts within "
+        "`KAFKA_SESSION_TIMEOUT_MS` keeps its partitions without a rebalance; a dead one holds them until the session "
+        "times out. Unique per process (under `WORKERS` > 1 each worker appends `-<worker number>`); the chart's "
+        "StatefulSet mode sets it to the pod name.",
     )
-    dlq_topic: str | None = Field(None, description="Dead-letter topic; defaults to '<first topic>.dlq'.")
+    dlq_topic: str | None = Field(
+        None, description="Dead-letter topic; defaults to `<first topic>.dlq`. Created at start if missing, with "
+        "the first topic's partition count.",
+    )
 
     # --- Decoding ----------------------------------------------------------------------------------
-    schema_file: FilePath | None = Field(None, description="Avro schema (.avsc) for schemaless binary values.")
-    schema_registry_url: str | None = Field(None, description="Confluent-compatible registry for wire format.")
-    value_format: ValueFormat = Field(ValueFormat.AVRO, description="`avro` or `json`.")
-    max_record_bytes: PositiveInt = Field(1048576, description="Larger values are dead-lettered undecoded.")
+    schema_file: FilePath | None = Field(
+        None, description="Avro schema (.avsc) of schemaless binary values; with `SCHEMA_REGISTRY_URL`, the reader "
+        "schema. Required when `VALUE_FORMAT=avro` and no registry is set. With `VALUE_FORMAT=json` it gives the "
+        "table its columns (without it the table has one `value` JSON column).",
+    )
+    schema_registry_url: str | None = Field(
+        None, description="Confluent-compatible schema registry, `http://` or `https://`; values must then be in "
+        "Confluent wire format (magic byte 0 + 4-byte schema id). It has its own circuit breaker.",
+    )
+    value_format: ValueFormat = Field(
+        ValueFormat.AVRO, description="How values are encoded: Avro (schemaless with `SCHEMA_FILE`, wire format "
+        "with `SCHEMA_REGISTRY_URL`) or JSON text.",
+    )
+    max_record_bytes: PositiveInt = Field(
+        1048576, description="Larger values are dead-lettered (stage `decode`) without decoding, bytes."
+    )
     idempotency_key: str = Field(
-        "coordinates", description="`field:<name>`, `header:<name>`, `key` or `coordinates`."
+        "coordinates",
+        description="Where each record's idempotency key (the table's primary key `_idempotency_key`) comes "
+        "from: `field:<name>` (a value field), `header:<name>`, `key` (the Kafka message key) or `coordinates` "
+        "(`topic/partition/offset`: absorbs replays of the same offsets, not an event produced twice).",
     )
 
     # --- Sink --------------------------------------------------------------------------------------
-    sink_url: str = Field("sqlite:///./data/sink.db", description="SQLAlchemy URL of the sink database.")
-    sink_table: str = Field("events", description="Table written to; created from the schema if missing.")
-    sink_write_mode: WriteMode = Field(WriteMode.INSERT, description="`insert` or `upsert`.")
-    sink_password_file: FilePath | None = Field(None, description="File holding the sink password.")
-    sink_max_records_per_second: PositiveInt | None = Field(None, description="Optional sink rate limit.")
+    sink_url: str = Field(
+        "sqlite:///./data/sink.db",
+        description="SQLAlchemy URL of the sink database: `postgresql://...` (psycopg 3) or `sqlite:///<file>`. "
+        "Its password is masked in logs and `/status`.",
+    )
+    sink_table: str = Field(
+        "events", description="Table written to, a plain SQL identifier; created from the schema if missing."
+    )
+    sink_write_mode: WriteMode = Field(
+        WriteMode.INSERT, description="`insert`: the first write of a key wins (the lowest offset), replays are "
+        "no-ops; `upsert`: the highest offset of a partition wins.",
+    )
+    sink_password_file: FilePath | None = Field(
+        None, description="File holding the sink password (a Kubernetes Secret volume); replaces any password in "
+        "`SINK_URL`.",
+    )
+    sink_max_records_per_second: PositiveInt | None = Field(
+        None, description="Optional rate limit towards the sink, records/s: a token bucket of one second's burst; "
+        "a batch starts once the bucket is out of debt (polling goes on meanwhile).",
+    )
 
     # --- Batching ----------------------------------------------------------------------------------
     batch_max_records: PositiveInt = Field(5000, description="A batch closes at this many records.")
     batch_max_bytes: PositiveInt = Field(8388608, description="... or at this many value bytes.")
-    batch_max_wait_ms: PositiveInt = Field(500, description="... or when its oldest record waited this long, ms.")
-    batch_target_latency_ms: PositiveInt | None = Field(None, description="Optional adaptive batching target, ms.")
+    batch_max_wait_ms: PositiveInt = Field(
+        500, description="... or when its oldest record has waited this long since it was polled, ms."
+    )
+    batch_target_latency_ms: PositiveInt | None = Field(
+        None, description="Optional adaptive batching, ms: the next batch's record limit aims at a sink write of "
+        "this long, changing at most x2 or /2 per batch, within `BATCH_MAX_RECORDS` (gauge "
+        "`consumer_batch_max_records`).",
+    )
 
     # --- Resilience --------------------------------------------------------------------------------
-    shutdown_timeout_ms: PositiveInt = Field(30000, description="Time to finish the batch in hand on SIGTERM, ms.")
-    retry_backoff_initial_ms: PositiveInt = Field(200, description="First transient-failure backoff, ms.")
-    retry_backoff_max_ms: PositiveInt = Field(30000, description="Backoff cap, ms.")
-    breaker_failure_threshold: PositiveInt = Field(5, description="Consecutive sink failures that open it.")
-    breaker_reset_timeout_ms: PositiveInt = Field(10000, description="Time open before a probe, ms.")
-    dlq_max_ratio: float = Field(0.2, gt=0.0, le=1.0, description="Dead-letter guard: max share dead-lettered.")
-    dlq_guard_min_records: PositiveInt = Field(1000, description="Dead-letter guard window, records.")
+    shutdown_timeout_ms: PositiveInt = Field(
+        30000, description="On SIGTERM/SIGINT, time to finish and commit the batch in hand, ms; when it runs out "
+        "the process exits 1 and those records stay uncommitted (the next owner replays them). A revoke waits "
+        "as long for the batches in hand to be written and committed.",
+    )
+    retry_backoff_initial_ms: PositiveInt = Field(
+        200, description="First backoff after a transient failure, ms; exponential with full jitter."
+    )
+    retry_backoff_max_ms: PositiveInt = Field(
+        30000, description="Backoff cap, ms; at least `RETRY_BACKOFF_INITIAL_MS`."
+    )
+    breaker_failure_threshold: PositiveInt = Field(
+        5, description="Consecutive failed batch attempts that open a dependency's circuit breaker (sink or "
+        "schema registry)."
+    )
+    breaker_reset_timeout_ms: PositiveInt = Field(
+        10000, description="Time a breaker stays open before one probe batch (half-open), ms."
+    )
+    dlq_max_ratio: float = Field(
+        0.2, gt=0.0, le=1.0,
+        description="Dead-letter guard: more than this share dead-lettered over the most recent "
+        "`DLQ_GUARD_MIN_RECORDS` records processed (all outcomes; the whole batch when larger) holds the service "
+        "until restarted: nothing more is written, dead-lettered or committed.",
+    )
+    dlq_guard_min_records: PositiveInt = Field(1000, description="The dead-letter guard's window, records.")
 
     # --- Operations --------------------------------------------------------------------------------
-    metrics_port: int = Field(9400, ge=0, le=65535, description="HTTP port for /metrics and health; 0 = any.")
-    liveness_window_s: PositiveInt = Field(60, description="/healthz fails after this long without a poll, s.")
-    log_level: LogLevel = Field(LogLevel.INFO, description="DEBUG, INFO, WARNING or ERROR.")
-    log_format: LogFormat = Field(LogFormat.JSON, description="`json` or `text`.")
-    log_summary_interval_s: PositiveInt = Field(60, description="Period of the INFO summary line, s.")
+    metrics_port: int = Field(
+        9400, ge=0, le=65535,
+        description="HTTP port for `/metrics`, `/healthz`, `/readyz` and `/status`; 0 picks a free one.",
+    )
+    liveness_window_s: PositiveInt = Field(
+        60, description="`/healthz` fails when the loop has not polled for this long, s. Keep it above "
+        "librdkafka's `socket.timeout.ms` (60 s), e.g. 90, so a hung broker path does not restart pods that "
+        "would only wait again.",
+    )
+    log_level: LogLevel = Field(
+        LogLevel.INFO, description="Log level (case-insensitive); DEBUG adds a `batch committed` line per batch."
+    )
+    log_format: LogFormat = Field(
+        LogFormat.JSON, description="`json`: one JSON object per line, librdkafka's own lines included; `text`."
+    )
+    log_summary_interval_s: PositiveInt = Field(
+        60, description="Period of the INFO `summary` line (records/s, outcomes, lag, paused partitions), s."
+    )
     workers: PositiveInt = Field(
-        1, description="Consumer processes per pod under one `run` supervisor; `auto` = the CPUs this process may use "
-        "(a container's CPU limit, the affinity mask)."
+        1, json_schema_extra={"values": "positive integer or `auto`"},
+        description="Consumer processes in this pod, in the same group, supervised by `run`; `auto` = the CPUs "
+        "this process may use (a container's CPU limit from its cgroup, rounded up, or the affinity mask, "
+        "whichever is smaller); 1 runs the single process with no supervisor.",
     )
 
     @field_validator("consumer_topics", mode="before")
