@@ -2,7 +2,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install lint test test-unit test-integration test-deploy demo bench dashboard-preview
+.PHONY: install lint test test-unit test-integration test-deploy demo bench dashboard-preview docs
 
 $(BIN)/consumer: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,3 +43,7 @@ bench: install
 # into docs/dashboard/, from the same run that tests/integration/test_prometheus_live.py checks.
 dashboard-preview: install
 	DASHBOARD_PREVIEW_DIR=docs/dashboard $(BIN)/python -m pytest -q tests/integration/test_prometheus_live.py
+
+# docs/configuration.md rendered from the Settings field descriptions (tests/ops/test_docs.py fails when they differ)
+docs: install
+	$(BIN)/python -m ops.docs.configuration
