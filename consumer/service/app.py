@@ -32,6 +32,7 @@ from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
 from consumer.service.components import record_decoder, sql_sink
+from consumer.service.executor import SinkThread
 from consumer.service.guard import DlqGuard
 from consumer.service.offsets import OffsetTracker
 from consumer.service.pipeline import Pipeline
@@ -93,6 +94,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
                                              settings.breaker_reset_timeout_ms / 1000, clock)
                   for dependency in Dependency},
         backoff=Backoff(settings.retry_backoff_initial_ms / 1000, settings.retry_backoff_max_ms / 1000),
+        executor=SinkThread(),
         metrics=metrics,
         health=health,
         status=status,

@@ -16,8 +16,9 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 
 from consumer.clock import Clock
 from consumer.errors import GuardTrippedError, PermanentError, RegistryUnavailableError, TransientError
@@ -38,6 +39,7 @@ from consumer.roles import Source
 from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
+from consumer.service.executor import SinkExecutor
 from consumer.service.offsets import OffsetTracker
 from consumer.service.pipeline import BatchProcessor, Decoded
 from consumer.service.ratelimit import TokenBucket
@@ -72,6 +74,7 @@ class Runner:
         offsets: OffsetTracker,
         breakers: Mapping[Dependency, CircuitBreaker],
         backoff: Backoff,
+        executor: SinkExecutor,
         metrics: Metrics,
         health: HealthState,
         status: StatusBoard,
@@ -97,7 +100,7 @@ class Runner:
         self._clock = clock
         self._shutdown_timeout_s = shutdown_timeout_s
         self._stop = stop
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
+        self._executor = executor
         self._waiting: deque[Batch] = deque()
         self._decoded_ahead: Decoded | None = None  # the first waiting batch, decoded while the sink worked
         self._in_flight: _InFlight | None = None
@@ -116,7 +119,7 @@ class Runner:
                 self._turn()
             return self._shut_down()
         finally:
-            self._worker.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown()
 
     def _turn(self) -> None:
         if self._waiting_briefly_for_sink():
@@ -143,7 +146,7 @@ class Runner:
         if left <= 0 or self._in_flight is None:
             return False
         self._decode_ahead()
-        wait([self._in_flight.future], timeout=max(0.0, min(self._unpaused_wait_left(), _IDLE_POLL_S)))
+        self._executor.wait(self._in_flight.future, max(0.0, min(self._unpaused_wait_left(), _IDLE_POLL_S)))
         self._health.beat()  # the loop is alive: it is waiting on the sink on purpose
         self._advance()
         return True
@@ -185,8 +188,8 @@ class Runner:
             ahead, self._decoded_ahead = self._decoded_ahead, None
             if ahead is not None and ahead.batch is not batch:
                 ahead = None  # decoded for another batch (one put back in front for a retry)
-            self._in_flight = _InFlight(batch, self._worker.submit(self._pipeline.process, batch, ahead),
-                                        self._clock.monotonic())
+            future = self._executor.submit(partial(self._pipeline.process, batch, ahead))
+            self._in_flight = _InFlight(batch, future, self._clock.monotonic())
         elif self._offsets.pending() and self._in_flight is None and not self._guard_held:
             self._commit()  # an earlier commit was refused; try again while idle
 
@@ -404,7 +407,7 @@ class Runner:
         while (self._in_flight is not None or self._waiting) and self._clock.monotonic() < deadline:
             remaining = deadline - self._clock.monotonic()
             if self._in_flight is not None and not self._in_flight.future.done():
-                wait([self._in_flight.future], timeout=min(remaining, _IDLE_POLL_S))
+                self._executor.wait(self._in_flight.future, min(remaining, _IDLE_POLL_S))
                 continue
             self._advance()
             if self._in_flight is None and self._waiting and not self._may_try():

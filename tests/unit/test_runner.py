@@ -26,6 +26,7 @@ from consumer.observability.metrics import Dependency, Metrics
 from consumer.observability.status import StatusBoard
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
+from consumer.service.executor import SinkThread
 from consumer.service.offsets import OffsetTracker
 from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
@@ -73,6 +74,7 @@ def start() -> Iterator[StartRunner]:
             offsets=OffsetTracker(),
             breakers={d: CircuitBreaker(breaker_threshold, 0.05, clock) for d in Dependency},
             backoff=Backoff(0.001, 0.01),
+            executor=SinkThread(),
             metrics=metrics,
             health=health,
             status=StatusBoard(health, "test", {}),
