@@ -3,6 +3,9 @@ connection parameters that turn a vanished peer into a transient failure; SQLite
 
 from __future__ import annotations
 
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,19 +49,38 @@ _LIBPQ_DEFAULTS = {
 }
 
 
+@contextmanager
+def _switching_journal_mode(database: Path) -> Iterator[None]:
+    """Serialise the switch to WAL between connections and processes opening a new database together.
+
+    The switch needs the database to itself and answers SQLITE_BUSY at once, without waiting out the busy
+    timeout, when another connection is switching too (workers or pods starting side by side). WAL then
+    stays in the file, so whoever comes next finds it set. An flock() on the database file does not touch
+    SQLite's own locks (POSIX fcntl locks, independent of flock on Linux).
+    """
+    with database.open("ab") as handle:  # creates the file if missing, as SQLite would
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _sqlite_engine(url: sa.URL) -> Engine:
     if not url.database or url.database == ":memory:":
         # One connection shared by every thread: each new connection to ":memory:" is a new, empty
         # database, so the table made at start would be missing on the sink's worker thread.
         return sa.create_engine(url, poolclass=StaticPool, connect_args={"check_same_thread": False})
-    Path(url.database).parent.mkdir(parents=True, exist_ok=True)
+    database = Path(url.database)
+    database.parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @sa.event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection: Any, _record: Any) -> None:
         # WAL lets a reader (tests, operators) look while we write; FULL keeps a commit a commit.
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        with _switching_journal_mode(database):
+            cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.close()
 

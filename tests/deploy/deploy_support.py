@@ -27,7 +27,8 @@ RELEASE, NAMESPACE = "mbc", "microbatch"
 OLDEST_KUBERNETES, NEWEST_KUBERNETES = "1.25.0", "1.37.0"  # Chart.yaml kubeVersion >=1.25; newest schemas shipped
 
 # Settings of the service beyond the contract's table that the chart or compose may set: each is a `Settings`
-# field documented in the README (test_settings_beyond_the_contract_are_real_settings checks it).
+# field documented in docs/configuration.md (test_settings_beyond_the_contract_are_real_documented_settings
+# checks it).
 EXTRA_SETTINGS = frozenset({"WORKERS", "KAFKA_GROUP_INSTANCE_ID", "KAFKA_GROUP_PROTOCOL", "LOG_SUMMARY_INTERVAL_S"})
 # Set by the chart itself from other values, so not accepted under `env`.
 CHART_OWNED = frozenset({"METRICS_PORT", "SCHEMA_FILE", "SINK_PASSWORD_FILE", "KAFKA_SSL_CA_LOCATION",
