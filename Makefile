@@ -35,7 +35,7 @@ test-deploy: install
 demo: install
 	$(BIN)/python -m consumer demo
 
-# Ceilings and the service side by side in one run (see README, Performance); BENCH_RECORDS=20000 for a quick one.
+# Ceilings and the service side by side in one run (see docs/performance.md); BENCH_RECORDS=20000 for a quick one.
 bench: install
 	BENCH_RECORDS=$(BENCH_RECORDS) $(BIN)/python -m ops.bench
 

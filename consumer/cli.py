@@ -30,7 +30,7 @@ _EPILOG = """examples:
   consumer demo --records 2000
   consumer dlq inspect --stage sink      # why records were dead-lettered; `dlq replay` puts them back
   consumer produce --count 10000 --poison-ratio 0.01
-settings are environment variables (or a .env file); see the README for every one."""
+settings are environment variables (or a .env file); docs/configuration.md lists every one."""
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -134,7 +134,7 @@ def table(phases: Sequence[PhaseResult]) -> Table:
 
 
 def markdown_table(phases: Sequence[PhaseResult]) -> str:
-    """The same table in Markdown, for the README."""
+    """The same table in Markdown, for docs/performance.md."""
     lines = [("| phase | records | records/s | MB/s | CPU s / M rec | DB CPU s / M rec | broker CPU s / M rec | "
               "peak RSS MiB |"),
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]

@@ -2,7 +2,7 @@
 
 checkov's dependency pins clash with the project's, so it lives in its own venv, build/checkov-venv, made on
 first use and reused after (a stamp file names the installed version). Every skipped check is listed here with
-its reason, and the README names each one."""
+its reason, and docs/deployment.md names each one."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ CHECKOV_VENV = BUILD / "checkov-venv"
 _INSTALL_TIMEOUT_S = 600
 _RUN_TIMEOUT_S = 180
 
-# check id -> why it does not apply; the README's deployment section repeats these.
+# check id -> why it does not apply; docs/deployment.md repeats these.
 KUBERNETES_SKIPS = {
     "CKV_K8S_15": "imagePullPolicy Always: release tags are immutable, and Always breaks images loaded into kind",
     "CKV_K8S_43": "image digest: pinning is the deployer's choice (image.digest); the all-options render uses one",

@@ -2,7 +2,7 @@
 labels), and the package installs the way the Dockerfile installs it (dependency wheels from pyproject.toml's
 list, the service's wheel from the build context alone, both into a fresh venv without an index) and runs.
 
-No Docker engine here: `docker build` itself is not run (README, "Deploy it": how to do it by hand)."""
+No Docker engine here: `docker build` itself is not run (docs/deployment.md: how to do it by hand)."""
 
 from __future__ import annotations
 
