@@ -17,12 +17,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Protocol
 
 from consumer.clock import Clock
 from consumer.observability.metrics import Metrics
 from consumer.records import TopicPartition
 
 Offsets = Callable[[TopicPartition], int | None]
+
+
+class LagInputs(Protocol):
+    """What a lag refresh reads of the runner's state; read only when a refresh is due or after a commit."""
+
+    def assigned(self) -> Collection[TopicPartition]: ...
+
+    def paused(self) -> Collection[TopicPartition]: ...
+
+    def committed_offset(self, partition: TopicPartition) -> int | None:
+        """Our last commit of the partition, None before the first."""
+
+    def group_committed(self, partition: TopicPartition) -> int | None:
+        """The group's committed offset as the client last reported it."""
+
+    def high_watermark(self, partition: TopicPartition) -> int | None: ...
+
+    def oldest_in_hand_ms(self) -> int | None:
+        """Kafka timestamp of the oldest record polled and not yet committed (batch-level)."""
 
 
 @dataclass(frozen=True, slots=True)

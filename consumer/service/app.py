@@ -26,6 +26,7 @@ from consumer.kafka.source import KafkaSource
 from consumer.observability.health import HealthServer, HealthState
 from consumer.observability.logs import secret_values
 from consumer.observability.metrics import Dependency, Metrics
+from consumer.observability.runner_events import RunnerEvents
 from consumer.observability.status import StatusBoard
 from consumer.roles import Sink
 from consumer.service.adaptive import AdaptiveBatchSize
@@ -95,9 +96,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
                   for dependency in Dependency},
         backoff=Backoff(settings.retry_backoff_initial_ms / 1000, settings.retry_backoff_max_ms / 1000),
         executor=SinkThread(),
-        metrics=metrics,
-        health=health,
-        status=status,
+        observer=RunnerEvents(metrics, health, status, clock),
         clock=clock,
         shutdown_timeout_s=settings.shutdown_timeout_ms / 1000,
         stop=stop,

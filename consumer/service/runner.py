@@ -12,7 +12,6 @@ committing.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -22,30 +21,19 @@ from functools import partial
 
 from consumer.clock import Clock
 from consumer.errors import GuardTrippedError, PermanentError, RegistryUnavailableError, TransientError
-from consumer.observability.health import HealthState
-from consumer.observability.lag import LagMonitor, oldest_timestamp_ms
-from consumer.observability.metrics import (
-    BatchOutcome,
-    BatchStage,
-    BreakerState,
-    Dependency,
-    Metrics,
-    Outcome,
-    RebalanceKind,
-)
-from consumer.observability.status import StatusBoard
+from consumer.observability.lag import oldest_timestamp_ms
+from consumer.observability.metrics import Dependency
 from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
 from consumer.roles import Source
 from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
 from consumer.service.executor import SinkExecutor
+from consumer.service.observer import RunnerObserver
 from consumer.service.offsets import OffsetTracker
 from consumer.service.pipeline import BatchProcessor, Decoded
 from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
-
-log = logging.getLogger(__name__)
 
 _IDLE_POLL_S = 0.2  # longest poll while nothing is due: bounds how late a stop or a retry is noticed
 _IN_FLIGHT_POLL_S = 0.02  # longest poll while a batch is in the sink: bounds how late its commit goes out
@@ -55,7 +43,6 @@ _IN_FLIGHT_POLL_S = 0.02  # longest poll while a batch is in the sink: bounds ho
 # wait (a slow or absent database) pauses the partitions and polls to keep the group membership. A
 # rebalance callback waits at most this long, far below any max.poll.interval.ms.
 _UNPAUSED_WAIT_S = 1.0
-_LAG_REFRESH_S = 1.0  # lag gauges and /status refresh this often while idle (local reads, no broker trip)
 
 
 @dataclass(slots=True)
@@ -75,15 +62,12 @@ class Runner:
         breakers: Mapping[Dependency, CircuitBreaker],
         backoff: Backoff,
         executor: SinkExecutor,
-        metrics: Metrics,
-        health: HealthState,
-        status: StatusBoard,
+        observer: RunnerObserver,
         clock: Clock,
         shutdown_timeout_s: float,
         stop: threading.Event,
         rate_limit: TokenBucket | None = None,
         adaptive: AdaptiveBatchSize | None = None,
-        lag: LagMonitor | None = None,
     ) -> None:
         self._source = source
         self._batcher = batcher
@@ -92,11 +76,8 @@ class Runner:
         self._breakers = breakers
         self._rate_limit = rate_limit
         self._adaptive = adaptive
-        self._lag = lag or LagMonitor(metrics, clock, _LAG_REFRESH_S)
         self._backoff = backoff
-        self._metrics = metrics
-        self._health = health
-        self._status = status
+        self._observer = observer
         self._clock = clock
         self._shutdown_timeout_s = shutdown_timeout_s
         self._stop = stop
@@ -108,7 +89,8 @@ class Runner:
         self._paused: set[TopicPartition] = set()
         self._abandoned = False  # set when a stop gives up on the batch in hand: callbacks must not retry it
         self._guard_held = False  # the dead-letter guard tripped: hold until restarted
-        self._publish_breaker()
+        self._view = _LagView(self)
+        self._observer.breakers_changed(self._breakers)
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -126,9 +108,7 @@ class Runner:
             return
         self._hold_or_release()  # a batch still queued behind a long write: pause before polling for more
         records = self._source.poll(self._batcher.room(), self._poll_timeout())
-        self._health.beat()
-        if self._lag.due():
-            self._refresh_lag()
+        self._observer.polled(self._view)
         if self._guard_held:  # polled only to stay in the group; what arrives is left uncommitted
             self._hold_or_release()
             return
@@ -147,7 +127,7 @@ class Runner:
             return False
         self._decode_ahead()
         self._executor.wait(self._in_flight.future, max(0.0, min(self._unpaused_wait_left(), _IDLE_POLL_S)))
-        self._health.beat()  # the loop is alive: it is waiting on the sink on purpose
+        self._observer.waited_for_sink()
         self._advance()
         return True
 
@@ -213,20 +193,22 @@ class Runner:
         except GuardTrippedError as exc:
             self._hold_for_guard(in_flight.batch, exc)
             return
-        except PermanentError:
-            self._metrics.batches_total.labels(BatchOutcome.FAILED.value).inc()
+        except PermanentError as exc:
+            self._observer.batch_failed(exc)
             raise  # cli logs it and exits 1; nothing of this batch is committed
-        self._breaker_success()
+        for breaker in self._breakers.values():  # a batch went through: every dependency it needed answered
+            breaker.record_success()
+        self._observer.breakers_changed(self._breakers)
         self._backoff.reset()
         if self._adaptive is not None:
             limit = self._adaptive.observe(len(result.batch), result.sink_seconds)
             self._batcher.set_max_records(limit)
-            self._metrics.batch_max_records.set(limit)
+            self._observer.batch_size_adapted(limit)
         self._offsets.handled(result.next_offsets)
         try:
             self._commit(result)
-        except PermanentError:
-            self._metrics.batches_total.labels(BatchOutcome.FAILED.value).inc()
+        except PermanentError as exc:
+            self._observer.batch_failed(exc)
             raise
 
     def _retry_later(self, batch: Batch, exc: TransientError) -> None:
@@ -236,35 +218,8 @@ class Runner:
         self._retry_at = self._clock.monotonic() + delay
         failed = Dependency.SCHEMA_REGISTRY if isinstance(exc, RegistryUnavailableError) else Dependency.SINK
         self._breakers[failed].record_failure()
-        self._publish_breaker()
-        self._metrics.batches_total.labels(BatchOutcome.RETRIED.value).inc()
-        self._metrics.sink_retries_total.labels(type(exc).__name__).inc()
-        self._status.error(exc)
-        if self._backoff.failures == 1:  # one warning per incident, not one per retry
-            log.warning("batch failed, retrying", extra={"batch_id": batch.batch_id, "error_class":
-                        type(exc).__name__, "error": str(exc), "retry_in_s": round(delay, 3)})
-
-    def _breaker_success(self) -> None:
-        """A batch went through, so every dependency it needed answered."""
-        for dependency, breaker in self._breakers.items():
-            if breaker.state is not BreakerState.CLOSED:
-                log.info("dependency recovered, circuit breaker closed", extra={"dependency": dependency.value})
-            breaker.record_success()
-        self._publish_breaker()
-        self._health.sink_ok = True
-
-    def _publish_breaker(self) -> None:
-        any_open = False
-        for dependency, breaker in self._breakers.items():
-            state = breaker.state
-            self._metrics.circuit_breaker_state.labels(dependency.value).set(int(state))
-            if state is BreakerState.OPEN:
-                any_open = True
-                if not self._health.breaker_open:
-                    log.warning("circuit breaker open", extra={
-                        "dependency": dependency.value, "probe_in_s": round(breaker.seconds_until_probe(), 3)})
-            self._status.breaker(dependency.value, state, breaker.changed_at)
-        self._health.breaker_open = any_open
+        self._observer.breakers_changed(self._breakers)
+        self._observer.retry_scheduled(batch, exc, delay, self._backoff.failures)
 
     def _hold_for_guard(self, batch: Batch, exc: GuardTrippedError) -> None:
         """Stop dead-lettering and committing for good: drop what is in hand uncommitted, pause everything
@@ -273,14 +228,8 @@ class Runner:
         self._waiting.clear()
         self._decoded_ahead = None
         dropped = len(batch) + len(self._batcher.flush(CloseReason.SHUTDOWN) or ())
-        self._metrics.batches_total.labels(BatchOutcome.FAILED.value).inc()
-        self._metrics.dlq_guard_tripped.set(1)
-        self._health.guard_tripped = True
-        self._status.error(exc)
+        self._observer.guard_tripped(batch, exc, dropped)
         self._hold_or_release()
-        log.error("dead-letter guard tripped: holding, nothing more is written, dead-lettered or committed; "
-                  "find the cause (schema, upstream deploy), then restart", extra={
-                      "batch_id": batch.batch_id, "reason": str(exc), "dropped_uncommitted": dropped})
 
     def _commit(self, result: BatchResult | None = None) -> None:
         started = self._clock.monotonic()
@@ -288,59 +237,21 @@ class Runner:
         outcome = self._source.commit(pending)
         self._offsets.committed(outcome.committed)
         if outcome.refused:
-            self._metrics.commit_failures_total.inc()
-            log.warning("offset commit refused; records will be replayed harmlessly if the partition moved",
-                        extra={"during_rebalance": outcome.during_rebalance, "errors": sorted(
-                            set(outcome.refused.values()))})
+            self._observer.commit_refused(outcome)
         if result is not None:
-            self._observe(result, self._clock.monotonic() - started)
+            self._observer.batch_committed(result, self._clock.monotonic() - started)
         if outcome.committed:
-            now = self._clock.wall()
-            self._metrics.last_commit_timestamp_seconds.set(now)
-            for (topic, partition), offset in outcome.committed.items():
-                self._metrics.committed_offset.labels(topic, str(partition)).set(offset)
-            self._status.committed(outcome.committed, now)
-            self._refresh_lag()
+            self._observer.offsets_committed(outcome.committed, self._view)
 
-    def _refresh_lag(self) -> None:
-        """Lag per assigned partition from cached watermarks, aged by the oldest batch in hand (batch-level)."""
+    def oldest_in_hand_ms(self) -> int | None:
+        """The oldest first-record timestamp of the batches in hand and the open one (batch-level)."""
         in_hand = [batch.records[0].timestamp_ms for batch in self._waiting if batch.records]
         if self._in_flight is not None and self._in_flight.batch.records:
             in_hand.append(self._in_flight.batch.records[0].timestamp_ms)
         opened = self._batcher.oldest_timestamp_ms()
         if opened is not None:
             in_hand.append(opened)
-        rows = self._lag.refresh(self._offsets.assigned, self._offsets.committed_offset,
-                                 self._source.group_committed, self._source.high_watermark,
-                                 oldest_timestamp_ms(in_hand))
-        self._status.partitions(rows, self._paused)
-
-    def _observe(self, result: BatchResult, commit_seconds: float) -> None:
-        """Batch-level metric updates only: the hot path does no per-record metric work."""
-        m, batch = self._metrics, result.batch
-        for topic, counts in result.counts.items():
-            for outcome, n in ((Outcome.SUNK, counts.sunk), (Outcome.DUPLICATE, counts.duplicate),
-                               (Outcome.DLQ, counts.dlq), (Outcome.SKIPPED, counts.skipped)):
-                if n:
-                    m.records_total.labels(topic, outcome.value).inc(n)
-        for (stage, error_class), n in result.dead_letter_kinds.items():
-            m.dead_letters_total.labels(stage, error_class).inc(n)
-        m.batches_total.labels(BatchOutcome.COMMITTED.value).inc()
-        m.batch_records.observe(len(batch))
-        m.batch_bytes.observe(batch.value_bytes)
-        m.batches_closed_total.labels(batch.close_reason.value).inc()
-        m.batch_duration_seconds.labels(BatchStage.DECODE.value).observe(result.decode_seconds)
-        m.batch_duration_seconds.labels(BatchStage.SINK.value).observe(result.sink_seconds)
-        m.batch_duration_seconds.labels(BatchStage.COMMIT.value).observe(commit_seconds)
-        total_seconds = self._clock.monotonic() - batch.opened_at
-        m.batch_duration_seconds.labels(BatchStage.TOTAL.value).observe(total_seconds)
-        now_ms = self._clock.wall() * 1000
-        for record in (batch.records[0], batch.records[-1]):  # the oldest and newest: latency's spread
-            if record.timestamp_ms >= 0:
-                m.end_to_end_latency_seconds.observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
-        self._status.batch(result, commit_seconds, total_seconds)
-        log.debug("batch committed", extra={"batch_id": batch.batch_id, "records": len(batch),
-                                            "reason": batch.close_reason.value})
+        return oldest_timestamp_ms(in_hand)
 
     # --- back-pressure -----------------------------------------------------------------------------
     def _hold_or_release(self) -> None:
@@ -350,54 +261,46 @@ class Runner:
         retrying = self._backoff.failures > 0
         hold = self._guard_held or retrying or (bool(self._waiting) and self._unpaused_wait_left() <= 0)
         assigned = self._offsets.assigned
-        if hold:
+        if hold and assigned - self._paused:
             newly = assigned - self._paused
-            if newly:
-                self._source.pause(newly)
-                self._paused |= newly
-        elif self._paused:
+            self._source.pause(newly)
+            self._paused |= newly
+        elif not hold and self._paused:
             self._source.resume(self._paused & assigned)
             self._paused.clear()
-        self._metrics.paused_partitions.set(len(self._paused))
+        else:
+            return
+        self._observer.partitions_paused(self._paused)
 
     # --- rebalance callbacks (polling thread, inside poll) -----------------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
-        self._metrics.rebalances_total.labels(RebalanceKind.ASSIGN.value).inc()
         self._offsets.assign(partitions)
-        for topic, partition in partitions:
-            self._metrics.partition_assigned(topic, partition)
-        self._health.joined = True
-        self._status.assignment(self._offsets.assigned)
-        if partitions:
-            log.info("partitions assigned", extra={"partitions": _names(partitions)})
+        self._observer.partitions_assigned(partitions, self._offsets.assigned)
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
         """Write and commit everything in hand for the revoked partitions before returning."""
-        self._metrics.rebalances_total.labels(RebalanceKind.REVOKE.value).inc()
-        if partitions:
-            log.info("partitions revoked", extra={"partitions": _names(partitions)})
+        self._observer.partitions_revoked(partitions)
         revoked = self._batcher.take(partitions, CloseReason.REVOKE)
         if revoked is not None:
             self._waiting.append(revoked)
         if self._guard_held:
             pass  # nothing more is committed; the next owner replays these partitions from their last commit
         elif not self._abandoned and not self._finish_in_hand(self._clock.monotonic() + self._shutdown_timeout_s):
-            log.error("could not commit the records in hand before the revoke; the next owner replays them")
+            self._observer.revoke_left_uncommitted()
         self._release(partitions)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
         """Drop what is in hand for lost partitions, uncommitted: their new owner replays them."""
-        self._metrics.rebalances_total.labels(RebalanceKind.LOST.value).inc()
         dropped = self._batcher.drop(partitions)
-        log.warning("partitions lost", extra={"partitions": _names(partitions), "dropped": dropped})
+        self._observer.partitions_lost(partitions, dropped)
         self._release(partitions)
 
     def _release(self, partitions: list[TopicPartition]) -> None:
         self._offsets.forget(partitions)
-        self._paused.difference_update(partitions)
-        for topic, partition in partitions:
-            self._metrics.partition_released(topic, partition)
-        self._status.assignment(self._offsets.assigned)
+        if self._paused.intersection(partitions):
+            self._paused.difference_update(partitions)
+            self._observer.partitions_paused(self._paused)
+        self._observer.partitions_released(partitions, self._offsets.assigned)
 
     # --- stopping ----------------------------------------------------------------------------------
     def _finish_in_hand(self, deadline: float) -> bool:
@@ -415,32 +318,43 @@ class Runner:
         return self._in_flight is None and not self._waiting
 
     def _shut_down(self) -> int:
-        self._health.shutting_down = True
+        self._observer.stop_requested()
         if self._guard_held:
             self._source.close()
-            log.info("stopped while the dead-letter guard held; nothing was committed after it tripped")
+            self._observer.stopped(held=True)
             return 0
         deadline = self._clock.monotonic() + self._shutdown_timeout_s
         last = self._batcher.flush(CloseReason.SHUTDOWN)
         if last is not None:
             self._waiting.append(last)
-        log.info("stopping: finishing the batch in hand", extra={"batches": len(self._waiting) + bool(
-            self._in_flight)})
+        self._observer.finishing(len(self._waiting) + bool(self._in_flight))
         finished = self._finish_in_hand(deadline)
         if self._guard_held:  # tripped by the batch in hand: nothing more is committed
             return self._shut_down()
         if finished and self._offsets.pending():
             self._commit()
         if not finished or self._offsets.pending():
-            log.error("shutdown timeout ran out before the batch in hand was committed; "
-                      "its records stay uncommitted and will be replayed")
+            self._observer.stop_timed_out()
             self._abandoned = True
             self._source.close()
             return 1
         self._source.close()
-        log.info("stopped cleanly")
+        self._observer.stopped(held=False)
         return 0
 
 
-def _names(partitions: list[TopicPartition]) -> list[str]:
-    return [f"{topic}/{partition}" for topic, partition in partitions]
+class _LagView:
+    """The runner's state as a lag refresh reads it (consumer.observability.lag.LagInputs)."""
+
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+        self.committed_offset = runner._offsets.committed_offset
+        self.group_committed = runner._source.group_committed
+        self.high_watermark = runner._source.high_watermark
+        self.oldest_in_hand_ms = runner.oldest_in_hand_ms
+
+    def assigned(self) -> frozenset[TopicPartition]:
+        return self._runner._offsets.assigned
+
+    def paused(self) -> set[TopicPartition]:
+        return self._runner._paused

@@ -23,6 +23,7 @@ from consumer.clock import SystemClock
 from consumer.errors import FatalError, GuardTrippedError, SinkUnavailableError
 from consumer.observability.health import HealthState
 from consumer.observability.metrics import Dependency, Metrics
+from consumer.observability.runner_events import RunnerEvents
 from consumer.observability.status import StatusBoard
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
@@ -75,9 +76,7 @@ def start() -> Iterator[StartRunner]:
             breakers={d: CircuitBreaker(breaker_threshold, 0.05, clock) for d in Dependency},
             backoff=Backoff(0.001, 0.01),
             executor=SinkThread(),
-            metrics=metrics,
-            health=health,
-            status=StatusBoard(health, "test", {}),
+            observer=RunnerEvents(metrics, health, StatusBoard(health, "test", {}), clock),
             clock=clock,
             shutdown_timeout_s=WAIT_S,
             stop=stop,
