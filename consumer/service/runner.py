@@ -1,22 +1,27 @@
-"""Runner: the poll loop. Fill a batch, hand it to the pipeline on a worker thread, commit what came back.
+"""Runner: the poll loop, a state machine stepped one `turn()` at a time.
+
+    RUNNING --guard trips--> HELD
+    RUNNING | HELD --stop seen--> STOPPING (not from HELD: nothing is finished there) --> STOPPED
+
+RUNNING fills batches, hands them to the pipeline on the sink executor and commits what came back. HELD is
+the dead-letter guard's: everything paused, polled only to stay in the group, nothing written or committed
+until a restart. STOPPING polls no more; it finishes and commits what is in hand within the shutdown
+timeout. STOPPED is closed: a rebalance callback that close() serves finds nothing to do.
 
 The loop never waits on the database: while a batch is in the sink it keeps polling (so the group
 membership and max.poll.interval.ms survive a slow or absent database), and once a closed batch is
 waiting behind the one in flight it pauses every assigned partition until there is room again.
 At most one batch is in flight and one waits, so memory stays bounded and offsets go out in order.
 Transient failures retry the same batch after a backoff behind the circuit breaker of the dependency
-that failed (sink or schema registry); they never dead-letter. A tripped dead-letter guard holds
-everything (paused, nothing written or committed) until a restart. Permanent errors end the run without
-committing.
+that failed (sink or schema registry); they never dead-letter. Permanent errors end the run without
+committing. What happens is reported to a RunnerObserver, per turn or per batch.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import deque
 from collections.abc import Mapping
-from concurrent.futures import Future
-from dataclasses import dataclass
+from enum import Enum
 from functools import partial
 
 from consumer.clock import Clock
@@ -29,9 +34,10 @@ from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
 from consumer.service.executor import SinkExecutor
+from consumer.service.in_hand import InFlight, InHand
 from consumer.service.observer import RunnerObserver
 from consumer.service.offsets import OffsetTracker
-from consumer.service.pipeline import BatchProcessor, Decoded
+from consumer.service.pipeline import BatchProcessor
 from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
 
@@ -45,11 +51,11 @@ _IN_FLIGHT_POLL_S = 0.02  # longest poll while a batch is in the sink: bounds ho
 _UNPAUSED_WAIT_S = 1.0
 
 
-@dataclass(slots=True)
-class _InFlight:
-    batch: Batch
-    future: Future[BatchResult]
-    started_at: float
+class Phase(Enum):
+    RUNNING = "running"
+    HELD = "held"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
 
 
 class Runner:
@@ -74,78 +80,84 @@ class Runner:
         self._pipeline = pipeline
         self._offsets = offsets
         self._breakers = breakers
-        self._rate_limit = rate_limit
-        self._adaptive = adaptive
         self._backoff = backoff
+        self._executor = executor
         self._observer = observer
         self._clock = clock
         self._shutdown_timeout_s = shutdown_timeout_s
         self._stop = stop
-        self._executor = executor
-        self._waiting: deque[Batch] = deque()
-        self._decoded_ahead: Decoded | None = None  # the first waiting batch, decoded while the sink worked
-        self._in_flight: _InFlight | None = None
-        self._retry_at = 0.0
+        self._rate_limit = rate_limit
+        self._adaptive = adaptive
+        self._phase = Phase.RUNNING
+        self._hand = InHand()
+        self._retry_at = 0.0  # monotonic; a failed batch waits for it (the backoff)
         self._paused: set[TopicPartition] = set()
-        self._abandoned = False  # set when a stop gives up on the batch in hand: callbacks must not retry it
-        self._guard_held = False  # the dead-letter guard tripped: hold until restarted
         self._view = _LagView(self)
-        self._observer.breakers_changed(self._breakers)
+        self._observer.breakers_changed(breakers)
 
-    # --- the loop ----------------------------------------------------------------------------------
+    @property
+    def phase(self) -> Phase:
+        return self._phase
+
     def run(self) -> int:
         """Consume until the stop event is set; return the exit code (0 clean, 1 batch left uncommitted)."""
-        self._source.subscribe(self)
+        self.start()
         try:
             while not self._stop.is_set():
-                self._turn()
-            return self._shut_down()
+                self.turn()
+            return self.shut_down()
         finally:
             self._executor.shutdown()
 
-    def _turn(self) -> None:
+    def start(self) -> None:
+        self._source.subscribe(self)
+
+    def turn(self) -> None:
+        """One step: wait briefly on the sink, or poll, batch what came and move the batches on."""
         if self._waiting_briefly_for_sink():
             return
         self._hold_or_release()  # a batch still queued behind a long write: pause before polling for more
         records = self._source.poll(self._batcher.room(), self._poll_timeout())
         self._observer.polled(self._view)
-        if self._guard_held:  # polled only to stay in the group; what arrives is left uncommitted
-            self._hold_or_release()
-            return
-        self._waiting.extend(self._batcher.add(records))
-        due = self._batcher.close_if_due()
-        if due is not None:
-            self._waiting.append(due)
-        self._advance()
+        if self._phase is not Phase.HELD:  # held, it polls only to stay in the group; nothing is kept
+            self._hand.extend(self._batcher.add(records))
+            self._hand.add(self._batcher.close_if_due())
+            self._advance()
         self._hold_or_release()
 
+    def shut_down(self) -> int:
+        """Finish and commit what is in hand within the shutdown timeout, then close the source: 0 when
+        nothing was left uncommitted or the guard held, 1 when the timeout ran out first."""
+        self._observer.stop_requested()
+        if self._phase is Phase.RUNNING:
+            self._finish_for_stop()
+        held = self._phase is Phase.HELD
+        uncommitted = not held and bool(self._hand or self._offsets.pending())
+        self._phase = Phase.STOPPED
+        if uncommitted:
+            self._observer.stop_timed_out()
+        self._source.close()
+        if not uncommitted:
+            self._observer.stopped(held)
+        return 1 if uncommitted else 0
+
+    # --- moving batches on -------------------------------------------------------------------------
     def _waiting_briefly_for_sink(self) -> bool:
         """Wait on the batch in flight instead of polling when a closed batch is queued behind it and it
         has not run long (see _UNPAUSED_WAIT_S); True when this turn was spent so."""
-        left = self._unpaused_wait_left()
-        if left <= 0 or self._in_flight is None:
+        in_flight = self._hand.in_flight
+        if self._unpaused_wait_left() <= 0 or in_flight is None:
             return False
-        self._decode_ahead()
-        self._executor.wait(self._in_flight.future, max(0.0, min(self._unpaused_wait_left(), _IDLE_POLL_S)))
+        self._hand.decode_next(self._pipeline.decode)
+        self._executor.wait(in_flight.future, max(0.0, min(self._unpaused_wait_left(), _IDLE_POLL_S)))
         self._observer.waited_for_sink()
         self._advance()
         return True
 
-    def _decode_ahead(self) -> None:
-        """Decode the next batch here, on the polling thread, while the one before is in the database: the
-        database's waits release the GIL, so the two overlap. A registry outage leaves it to the worker."""
-        upcoming = self._waiting[0]
-        if self._decoded_ahead is not None and self._decoded_ahead.batch is upcoming:
-            return
-        try:
-            self._decoded_ahead = self._pipeline.decode(upcoming)
-        except TransientError:
-            self._decoded_ahead = None
-
     def _unpaused_wait_left(self) -> float:
         """How much longer a queued batch may wait for the one in flight without pausing; 0 if it may not."""
-        in_flight = self._in_flight
-        if not self._waiting or in_flight is None or self._paused or self._guard_held:
+        in_flight = self._hand.in_flight
+        if not self._hand.waiting or in_flight is None or self._paused or self._phase is Phase.HELD:
             return 0.0
         return max(0.0, in_flight.started_at + _UNPAUSED_WAIT_S - self._clock.monotonic())
 
@@ -153,25 +165,25 @@ class Runner:
         """Until the open batch is due, at most _IDLE_POLL_S; shorter while a batch is in the sink, so its
         commit is not held back by a poll waiting for records (consume() returns early only when full)."""
         until_due = self._batcher.seconds_until_due()
-        longest = _IN_FLIGHT_POLL_S if self._in_flight is not None else _IDLE_POLL_S
+        longest = _IN_FLIGHT_POLL_S if self._hand.in_flight is not None else _IDLE_POLL_S
         return longest if until_due is None else min(until_due, longest)
 
     def _advance(self) -> None:
         """Collect a finished batch, then start the next one if the breaker and the backoff allow."""
-        if self._in_flight is not None and self._in_flight.future.done():
-            in_flight, self._in_flight = self._in_flight, None
-            self._collect(in_flight)
-        if self._in_flight is None and self._waiting and self._may_try():
-            batch = self._waiting.popleft()
-            if self._rate_limit is not None:
-                self._rate_limit.take(len(batch))
-            ahead, self._decoded_ahead = self._decoded_ahead, None
-            if ahead is not None and ahead.batch is not batch:
-                ahead = None  # decoded for another batch (one put back in front for a retry)
-            future = self._executor.submit(partial(self._pipeline.process, batch, ahead))
-            self._in_flight = _InFlight(batch, future, self._clock.monotonic())
-        elif self._offsets.pending() and self._in_flight is None and not self._guard_held:
+        finished = self._hand.finished()
+        if finished is not None:
+            self._collect(finished)
+        if self._hand.in_flight is None and self._hand.waiting and self._may_try():
+            self._start_next()
+        elif self._offsets.pending() and self._hand.in_flight is None and self._phase is not Phase.HELD:
             self._commit()  # an earlier commit was refused; try again while idle
+
+    def _start_next(self) -> None:
+        batch, decoded = self._hand.next()
+        if self._rate_limit is not None:
+            self._rate_limit.take(len(batch))
+        future = self._executor.submit(partial(self._pipeline.process, batch, decoded))
+        self._hand.in_flight = InFlight(batch, future, self._clock.monotonic())
 
     def _may_try(self) -> bool:
         return self._seconds_until_may_try() <= 0
@@ -184,19 +196,19 @@ class Runner:
             waits.append(self._rate_limit.seconds_until_ready())
         return max(waits)
 
-    def _collect(self, in_flight: _InFlight) -> None:
+    def _collect(self, finished: InFlight) -> None:
         try:
-            result = in_flight.future.result()
+            self._went_through(finished.future.result())
         except TransientError as exc:
-            self._retry_later(in_flight.batch, exc)
-            return
+            self._retry_later(finished.batch, exc)
         except GuardTrippedError as exc:
-            self._hold_for_guard(in_flight.batch, exc)
-            return
-        except PermanentError as exc:
+            self._hold_for_guard(finished.batch, exc)
+        except PermanentError as exc:  # from the write or the commit (Source.commit raises only FatalError)
             self._observer.batch_failed(exc)
             raise  # cli logs it and exits 1; nothing of this batch is committed
-        for breaker in self._breakers.values():  # a batch went through: every dependency it needed answered
+
+    def _went_through(self, result: BatchResult) -> None:
+        for breaker in self._breakers.values():  # every dependency the batch needed answered
             breaker.record_success()
         self._observer.breakers_changed(self._breakers)
         self._backoff.reset()
@@ -205,15 +217,11 @@ class Runner:
             self._batcher.set_max_records(limit)
             self._observer.batch_size_adapted(limit)
         self._offsets.handled(result.next_offsets)
-        try:
-            self._commit(result)
-        except PermanentError as exc:
-            self._observer.batch_failed(exc)
-            raise
+        self._commit(result)
 
     def _retry_later(self, batch: Batch, exc: TransientError) -> None:
         """Keep the batch in hand (first in line) and try again after a backoff; never dead-letter it."""
-        self._waiting.appendleft(batch)
+        self._hand.put_back(batch)
         delay = self._backoff.next_delay()
         self._retry_at = self._clock.monotonic() + delay
         failed = Dependency.SCHEMA_REGISTRY if isinstance(exc, RegistryUnavailableError) else Dependency.SINK
@@ -224,17 +232,15 @@ class Runner:
     def _hold_for_guard(self, batch: Batch, exc: GuardTrippedError) -> None:
         """Stop dead-lettering and committing for good: drop what is in hand uncommitted, pause everything
         and keep polling so the group keeps us (and our partitions) until an operator restarts us."""
-        self._guard_held = True
-        self._waiting.clear()
-        self._decoded_ahead = None
+        self._phase = Phase.HELD
+        self._hand.drop_waiting()
         dropped = len(batch) + len(self._batcher.flush(CloseReason.SHUTDOWN) or ())
         self._observer.guard_tripped(batch, exc, dropped)
         self._hold_or_release()
 
     def _commit(self, result: BatchResult | None = None) -> None:
         started = self._clock.monotonic()
-        pending = self._offsets.pending()
-        outcome = self._source.commit(pending)
+        outcome = self._source.commit(self._offsets.pending())
         self._offsets.committed(outcome.committed)
         if outcome.refused:
             self._observer.commit_refused(outcome)
@@ -243,23 +249,12 @@ class Runner:
         if outcome.committed:
             self._observer.offsets_committed(outcome.committed, self._view)
 
-    def oldest_in_hand_ms(self) -> int | None:
-        """The oldest first-record timestamp of the batches in hand and the open one (batch-level)."""
-        in_hand = [batch.records[0].timestamp_ms for batch in self._waiting if batch.records]
-        if self._in_flight is not None and self._in_flight.batch.records:
-            in_hand.append(self._in_flight.batch.records[0].timestamp_ms)
-        opened = self._batcher.oldest_timestamp_ms()
-        if opened is not None:
-            in_hand.append(opened)
-        return oldest_timestamp_ms(in_hand)
-
-    # --- back-pressure -----------------------------------------------------------------------------
     def _hold_or_release(self) -> None:
-        """Pause everything while a closed batch waits (sink busy, retrying or breaker open); resume after."""
-        # While a failed batch is being retried (backoff, breaker open or probing) the partitions stay paused
-        # even with the probe in flight: resuming would only refetch records that the next pause discards.
-        retrying = self._backoff.failures > 0
-        hold = self._guard_held or retrying or (bool(self._waiting) and self._unpaused_wait_left() <= 0)
+        """Pause everything while a closed batch waits (sink busy, retrying or breaker open) or the guard
+        holds; resume after. While a failed batch is retried (backoff, breaker open or probing) they stay
+        paused even with the probe in flight: resuming would only refetch what the next pause discards."""
+        queued = bool(self._hand.waiting) and self._unpaused_wait_left() <= 0
+        hold = self._phase is Phase.HELD or self._backoff.failures > 0 or queued
         assigned = self._offsets.assigned
         if hold and assigned - self._paused:
             newly = assigned - self._paused
@@ -272,20 +267,18 @@ class Runner:
             return
         self._observer.partitions_paused(self._paused)
 
-    # --- rebalance callbacks (polling thread, inside poll) -----------------------------------------
+    # --- rebalance callbacks (polling thread, inside the source's calls) ------------------------------
     def on_assigned(self, partitions: list[TopicPartition]) -> None:
         self._offsets.assign(partitions)
         self._observer.partitions_assigned(partitions, self._offsets.assigned)
 
     def on_revoked(self, partitions: list[TopicPartition]) -> None:
-        """Write and commit everything in hand for the revoked partitions before returning."""
+        """Write and commit everything in hand for the revoked partitions before returning. Held, nothing
+        more is committed: the next owner replays them from their last commit; stopped, nothing is left."""
         self._observer.partitions_revoked(partitions)
-        revoked = self._batcher.take(partitions, CloseReason.REVOKE)
-        if revoked is not None:
-            self._waiting.append(revoked)
-        if self._guard_held:
-            pass  # nothing more is committed; the next owner replays these partitions from their last commit
-        elif not self._abandoned and not self._finish_in_hand(self._clock.monotonic() + self._shutdown_timeout_s):
+        self._hand.add(self._batcher.take(partitions, CloseReason.REVOKE))
+        finishing = self._phase in (Phase.RUNNING, Phase.STOPPING)
+        if finishing and not self._finish_in_hand(self._clock.monotonic() + self._shutdown_timeout_s):
             self._observer.revoke_left_uncommitted()
         self._release(partitions)
 
@@ -303,44 +296,28 @@ class Runner:
         self._observer.partitions_released(partitions, self._offsets.assigned)
 
     # --- stopping ----------------------------------------------------------------------------------
+    def _finish_for_stop(self) -> None:
+        self._phase = Phase.STOPPING
+        deadline = self._clock.monotonic() + self._shutdown_timeout_s
+        self._hand.add(self._batcher.flush(CloseReason.SHUTDOWN))
+        self._observer.finishing(len(self._hand))
+        if self._finish_in_hand(deadline) and self._offsets.pending():
+            self._commit()
+
     def _finish_in_hand(self, deadline: float) -> bool:
         """Process and commit the in-flight and waiting batches, retrying transient failures until
         `deadline`; True when nothing is left in hand. Runs on the polling thread without polling:
         used inside a revoke callback and at shutdown."""
-        while (self._in_flight is not None or self._waiting) and self._clock.monotonic() < deadline:
-            remaining = deadline - self._clock.monotonic()
-            if self._in_flight is not None and not self._in_flight.future.done():
-                self._executor.wait(self._in_flight.future, min(remaining, _IDLE_POLL_S))
+        while self._hand and self._clock.monotonic() < deadline:
+            in_flight = self._hand.in_flight
+            if in_flight is not None and not in_flight.future.done():
+                self._executor.wait(in_flight.future, min(deadline - self._clock.monotonic(), _IDLE_POLL_S))
                 continue
             self._advance()
-            if self._in_flight is None and self._waiting and not self._may_try():
-                self._clock.sleep(max(0.0, min(self._seconds_until_may_try(), deadline - self._clock.monotonic())))
-        return self._in_flight is None and not self._waiting
-
-    def _shut_down(self) -> int:
-        self._observer.stop_requested()
-        if self._guard_held:
-            self._source.close()
-            self._observer.stopped(held=True)
-            return 0
-        deadline = self._clock.monotonic() + self._shutdown_timeout_s
-        last = self._batcher.flush(CloseReason.SHUTDOWN)
-        if last is not None:
-            self._waiting.append(last)
-        self._observer.finishing(len(self._waiting) + bool(self._in_flight))
-        finished = self._finish_in_hand(deadline)
-        if self._guard_held:  # tripped by the batch in hand: nothing more is committed
-            return self._shut_down()
-        if finished and self._offsets.pending():
-            self._commit()
-        if not finished or self._offsets.pending():
-            self._observer.stop_timed_out()
-            self._abandoned = True
-            self._source.close()
-            return 1
-        self._source.close()
-        self._observer.stopped(held=False)
-        return 0
+            if self._hand.in_flight is None and self._hand.waiting and not self._may_try():
+                until = min(self._seconds_until_may_try(), deadline - self._clock.monotonic())
+                self._clock.sleep(max(0.0, until))
+        return not self._hand
 
 
 class _LagView:
@@ -351,10 +328,15 @@ class _LagView:
         self.committed_offset = runner._offsets.committed_offset
         self.group_committed = runner._source.group_committed
         self.high_watermark = runner._source.high_watermark
-        self.oldest_in_hand_ms = runner.oldest_in_hand_ms
 
     def assigned(self) -> frozenset[TopicPartition]:
         return self._runner._offsets.assigned
 
     def paused(self) -> set[TopicPartition]:
         return self._runner._paused
+
+    def oldest_in_hand_ms(self) -> int | None:
+        """The oldest first-record timestamp of the batches in hand and the open one (batch-level)."""
+        opened = self._runner._batcher.oldest_timestamp_ms()
+        in_hand = self._runner._hand.first_timestamps()
+        return oldest_timestamp_ms(in_hand if opened is None else [*in_hand, opened])
