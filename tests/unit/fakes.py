@@ -1,4 +1,4 @@
-"""Fakes of our own roles (Source, BatchProcessor) for testing the runner's logic without a broker.
+"""Fakes of our own roles (Source, BatchProcessor, SinkExecutor) for testing the runner's logic without a broker.
 
 They implement the Protocols, record what was asked of them, and fail or block on demand. Delivery
 guarantees are proven against the real broker and databases in tests/integration; these pin down the
@@ -9,24 +9,35 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
+from concurrent.futures import Future
+
+from fakeclock import FakeClock
 
 from consumer.decode.decoder import DecodedBatch
 from consumer.records import Batch, BatchResult, CommitOutcome, RawRecord, TopicCounts, TopicPartition
 from consumer.roles import RebalanceListener
 from consumer.service.pipeline import Collapsed, Decoded
 
+Served = Callable[[RebalanceListener], None]
+
 _IDLE_WAIT_S = 0.005  # an empty poll waits this long, as a real one waits for its timeout, so loops do not spin
 
 
 class FakeSource:
-    """Serves records fed per partition, round-robin, skipping paused partitions; assigns them all at the
-    first poll; every commit succeeds and is recorded."""
+    """Serves records fed per partition, round-robin, skipping paused and unassigned partitions; assigns them
+    all at the first poll; every commit succeeds and is recorded. With a FakeClock an empty poll lets its
+    timeout pass on that clock instead of waiting. `revoke`, `lose` and `serve_in` stage rebalance callbacks
+    (or anything else) inside the next poll, commit or close, where librdkafka serves them."""
 
-    def __init__(self, partitions: Collection[TopicPartition]) -> None:
+    def __init__(self, partitions: Collection[TopicPartition], clock: FakeClock | None = None) -> None:
         self._queues: dict[TopicPartition, deque[RawRecord]] = {tp: deque() for tp in partitions}
         self._listener: RebalanceListener | None = None
         self._assigned = False
+        self._clock = clock
+        self._served: dict[str, deque[Served]] = {"poll": deque(), "commit": deque(), "close": deque()}
+        self.assignment: set[TopicPartition] = set()
+        self.calls: list[str] = []  # poll, commit, close and the callbacks served inside them, in order
         self._lock = threading.Lock()
         self.paused: set[TopicPartition] = set()
         self.commits: list[dict[TopicPartition, int]] = []
@@ -47,6 +58,32 @@ class FakeSource:
             )
             self._fed[partition] = start + count
 
+    def serve_in(self, call: str, event: Served) -> None:
+        """Run `event` with the listener inside the next `call`: "poll", "commit" or "close"."""
+        self._served[call].append(event)
+
+    def revoke(self, partitions: list[TopicPartition], inside: str = "poll") -> None:
+        def revoked(listener: RebalanceListener) -> None:
+            self.calls.append("on_revoked")
+            listener.on_revoked(partitions)
+            self.assignment -= set(partitions)
+            self.calls.append("on_revoked returned")
+
+        self.serve_in(inside, revoked)
+
+    def lose(self, partitions: list[TopicPartition], inside: str = "poll") -> None:
+        def lost(listener: RebalanceListener) -> None:
+            self.assignment -= set(partitions)
+            listener.on_lost(partitions)
+
+        self.serve_in(inside, lost)
+
+    def _serve(self, call: str) -> None:
+        assert self._listener is not None
+        self.calls.append(call)
+        while self._served[call]:
+            self._served[call].popleft()(self._listener)
+
     def subscribe(self, listener: RebalanceListener) -> None:
         self._listener = listener
 
@@ -56,10 +93,12 @@ class FakeSource:
         self.timeouts.append(timeout_s)
         if not self._assigned:
             self._assigned = True
+            self.assignment = set(self._queues)
             self._listener.on_assigned(list(self._queues))
+        self._serve("poll")
         out: list[RawRecord] = []
         with self._lock:
-            live = [q for tp, q in self._queues.items() if tp not in self.paused and q]
+            live = [q for tp, q in self._queues.items() if tp in self.assignment and tp not in self.paused and q]
             while live and len(out) < max(1, max_records):
                 for queue in list(live):
                     if not queue or len(out) >= max(1, max_records):
@@ -67,7 +106,9 @@ class FakeSource:
                         continue
                     out.append(queue.popleft())
         self.handed_out += len(out)
-        if not out:
+        if not out and self._clock is not None:
+            self._clock.advance(timeout_s)
+        elif not out:
             threading.Event().wait(min(timeout_s, _IDLE_WAIT_S))
         return out
 
@@ -82,6 +123,7 @@ class FakeSource:
     def commit(self, offsets: Mapping[TopicPartition, int]) -> CommitOutcome:
         if not offsets:
             return CommitOutcome()
+        self._serve("commit")
         self.commits.append(dict(offsets))
         return CommitOutcome(committed=dict(offsets))
 
@@ -92,6 +134,7 @@ class FakeSource:
         return None
 
     def close(self) -> None:
+        self._serve("close")
         self.closed = True
 
     def last_committed(self) -> dict[TopicPartition, int]:
@@ -137,3 +180,47 @@ class FakePipeline:
         for record in batch.records:
             counts.setdefault(record.topic, TopicCounts()).sunk += 1
         return BatchResult(batch=batch, next_offsets=batch.next_offsets(), counts=counts)
+
+
+class StepExecutor:
+    """The sink executor stepped by the test: a submitted write runs only when the test calls `finish()`.
+    Waiting on one that is not finished lets the wait's timeout pass on the fake clock, as a write that takes
+    its time would; with `finish_when_waited` the wait finishes it instead. `during_wait` runs once inside
+    the next wait, to stage what happens while the runner waits on the sink."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
+        self._writes: deque[tuple[Callable[[], BatchResult], Future[BatchResult]]] = deque()
+        self.finish_when_waited = False
+        self.during_wait: deque[Callable[[], None]] = deque()
+        self.submitted = 0
+        self.shut = False
+
+    @property
+    def running(self) -> int:
+        return len(self._writes)
+
+    def submit(self, write: Callable[[], BatchResult]) -> Future[BatchResult]:
+        assert not self._writes, "the runner submits a write only after collecting the one before"
+        future: Future[BatchResult] = Future()
+        self._writes.append((write, future))
+        self.submitted += 1
+        return future
+
+    def finish(self) -> None:
+        write, future = self._writes.popleft()
+        try:
+            future.set_result(write())
+        except Exception as exc:  # noqa: BLE001 - handed to the runner through the future, as a worker does
+            future.set_exception(exc)
+
+    def wait(self, future: Future[BatchResult], timeout_s: float) -> None:
+        if self.during_wait:
+            self.during_wait.popleft()()
+        if not future.done() and self.finish_when_waited and self._writes:
+            self.finish()
+        if not future.done():
+            self._clock.advance(timeout_s)
+
+    def shutdown(self) -> None:
+        self.shut = True

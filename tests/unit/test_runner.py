@@ -3,11 +3,15 @@ in flight and a bounded queue behind it; offsets are committed strictly in batch
 batches that went through; a failure of batch n keeps batch n+1 from committing; the breaker and the
 dead-letter guard hold partitions paused while the loop keeps polling.
 
-The runner runs in a thread with the real clock; tests wait on what the fakes observed, never on time.
+The first tests run the runner in a thread with the real clock and wait on what the fakes observed, never on
+time. The turn-by-turn tests after them step it by hand on a FakeClock with a StepExecutor, to stage exact
+interleavings: a rebalance callback mid-batch, a stop while a write is in flight or the guard holds, a
+revoke during a retry backoff.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 
 import pytest
 from fakeclock import FakeClock
-from fakes import FakePipeline, FakeSource
+from fakes import FakePipeline, FakeSource, StepExecutor
 from prometheus_client import CollectorRegistry
 from support.waiting import wait_until
 
@@ -31,7 +35,7 @@ from consumer.service.executor import SinkThread
 from consumer.service.offsets import OffsetTracker
 from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
-from consumer.service.runner import Runner
+from consumer.service.runner import Phase, Runner
 
 TOPIC = "t"
 PARTITIONS = [(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]
@@ -291,3 +295,201 @@ def test_a_stop_finishes_and_commits_the_batch_in_hand(start: StartRunner) -> No
     assert source.commits == []
     assert running.stopped() == 0
     assert _all_committed(source, 10)
+
+
+# --- turn by turn ----------------------------------------------------------------------------------------
+
+SHUTDOWN_S = 30.0
+P0, P1, P2 = PARTITIONS
+
+
+class _FullDelay(random.Random):
+    """Backoff jitter pinned to its ceiling, so a test knows the delay."""
+
+    def uniform(self, a: float, b: float) -> float:
+        return b
+
+
+@dataclass
+class Stepped:
+    runner: Runner
+    source: FakeSource
+    pipeline: FakePipeline
+    executor: StepExecutor
+    clock: FakeClock
+    registry: CollectorRegistry
+    health: HealthState
+    stop: threading.Event
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        return self.registry.get_sample_value(name, labels)
+
+
+@pytest.fixture
+def stepped() -> Stepped:
+    clock = FakeClock()
+    source, pipeline, executor = FakeSource(PARTITIONS, clock), FakePipeline(), StepExecutor(clock)
+    registry = CollectorRegistry()
+    metrics = Metrics(registry, [TOPIC])
+    health = HealthState(clock, 60)
+    stop = threading.Event()
+    runner = Runner(
+        source=source,
+        batcher=Batcher(BATCH, 10**9, 60.0, clock),
+        pipeline=pipeline,
+        offsets=OffsetTracker(),
+        breakers={d: CircuitBreaker(100, 5.0, clock) for d in Dependency},
+        backoff=Backoff(0.5, 2.0, _FullDelay()),
+        executor=executor,
+        observer=RunnerEvents(metrics, health, StatusBoard(health, "test", {}, clock), clock),
+        clock=clock,
+        shutdown_timeout_s=SHUTDOWN_S,
+        stop=stop,
+    )
+    runner.start()
+    return Stepped(runner, source, pipeline, executor, clock, registry, health, stop)
+
+
+def _inside(calls: list[str], event: str) -> list[str]:
+    """The calls made inside the first `event` callback."""
+    start = calls.index(event)
+    return calls[start + 1:calls.index(f"{event} returned", start)]
+
+
+def test_turn_by_turn_a_batch_goes_to_the_sink_executor_and_is_committed_on_the_turn_it_is_collected(
+    stepped: Stepped,
+) -> None:
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()
+    assert stepped.executor.running == 1 and stepped.source.commits == []
+    stepped.runner.turn()  # the write is still running: nothing to collect
+    assert stepped.source.commits == []
+    stepped.executor.finish()
+    stepped.runner.turn()
+    assert stepped.source.commits == [{P0: BATCH}]
+    assert stepped.metric("consumer_batches_total", outcome="committed") == 1
+    assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") == BATCH
+
+
+def test_on_revoked_mid_batch_writes_and_commits_what_is_in_hand_for_them_before_it_returns(
+    stepped: Stepped,
+) -> None:
+    stepped.source.feed(P0, 55)
+    stepped.source.feed(P1, 5)
+    stepped.runner.turn()  # batch 1: 45 of P0 and 5 of P1, in flight
+    stepped.runner.turn()  # the last 10 of P0 wait in the open batch
+    assert stepped.executor.running == 1 and stepped.executor.submitted == 1
+    stepped.source.revoke([P0])
+    stepped.executor.finish_when_waited = True
+    stepped.runner.turn()
+    assert _inside(stepped.source.calls, "on_revoked") == ["commit", "commit"]  # batch 1, then the revoke batch
+    assert stepped.source.last_committed() == {P0: 55, P1: 5}
+    assert stepped.metric("consumer_batches_closed_total", reason="revoke") == 1
+    assert stepped.metric("consumer_rebalances_total", kind="revoke") == 1
+    assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") is None  # released
+    assert stepped.runner.phase is Phase.RUNNING
+
+
+def test_on_lost_mid_batch_drops_the_lost_records_and_never_commits_the_lost_partition(stepped: Stepped) -> None:
+    stepped.source.feed(P0, 30)
+    stepped.source.feed(P1, 30)
+    stepped.runner.turn()  # batch 1: 25 of each, in flight
+    stepped.runner.turn()  # 5 of each wait in the open batch
+    stepped.source.lose([P0])
+    stepped.runner.turn()
+    stepped.executor.finish()
+    stepped.runner.turn()
+    assert stepped.source.commits == [{P1: 25}]  # batch 1 went through; P0 is no longer ours to commit
+    stepped.stop.set()
+    stepped.executor.finish_when_waited = True
+    assert stepped.runner.shut_down() == 0
+    assert stepped.source.commits == [{P1: 25}, {P1: 30}]
+    assert {record.partition for record in stepped.pipeline.processed[-1].records} == {1}
+    assert stepped.metric("consumer_rebalances_total", kind="lost") == 1
+
+
+def test_a_stop_while_a_write_is_in_flight_finishes_it_and_the_open_batch_then_exits_0(stepped: Stepped) -> None:
+    stepped.source.feed(P0, BATCH + 10)
+    stepped.runner.turn()  # batch 1 in flight
+    stepped.runner.turn()  # 10 in the open batch
+    stepped.stop.set()
+    stepped.executor.finish_when_waited = True
+    assert stepped.runner.shut_down() == 0
+    assert stepped.source.commits == [{P0: BATCH}, {P0: BATCH + 10}]
+    assert stepped.metric("consumer_batches_closed_total", reason="shutdown") == 1
+    assert stepped.source.closed and stepped.executor.running == 0
+    assert stepped.health.shutting_down and stepped.runner.phase is Phase.STOPPED
+
+
+def test_a_stop_while_a_write_hangs_gives_up_at_the_shutdown_timeout_and_exits_1_uncommitted(
+    stepped: Stepped,
+) -> None:
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()
+    stepped.stop.set()
+    stepped.source.revoke(PARTITIONS, inside="close")  # librdkafka revokes everything in close()
+    stopped_at = stepped.clock.monotonic()
+    assert stepped.runner.shut_down() == 1
+    assert stepped.clock.monotonic() - stopped_at == pytest.approx(SHUTDOWN_S)  # the revoke in close() waited 0
+    assert stepped.source.commits == [] and stepped.source.closed
+    assert stepped.executor.submitted == 1
+    assert _inside(stepped.source.calls, "on_revoked") == []
+
+
+def test_a_stop_while_the_guard_holds_closes_at_once_and_commits_nothing_more(stepped: Stepped) -> None:
+    stepped.pipeline.failures[2] = [GuardTrippedError("too many dead letters")]
+    stepped.source.feed(P0, 2 * BATCH + 10)
+    stepped.runner.turn()  # batch 1 in flight
+    stepped.executor.finish()
+    stepped.runner.turn()  # batch 1 committed, batch 2 in flight
+    stepped.executor.finish()
+    stepped.runner.turn()  # batch 2 tripped the guard; the 10 just polled are dropped with it
+    assert stepped.runner.phase is Phase.HELD
+    assert stepped.source.paused == set(PARTITIONS)
+    assert stepped.metric("consumer_dlq_guard_tripped") == 1
+    stepped.source.feed(P1, 5)
+    stepped.runner.turn()  # held: polled (paused, so nothing comes), nothing kept
+    stepped.stop.set()
+    stepped.source.revoke(PARTITIONS, inside="close")
+    stopped_at = stepped.clock.monotonic()
+    assert stepped.runner.shut_down() == 0
+    assert stepped.clock.monotonic() == stopped_at
+    assert stepped.source.commits == [{P0: BATCH}]
+    assert stepped.executor.submitted == 2 and stepped.source.closed
+
+
+def test_a_revoke_during_a_retry_backoff_waits_it_out_inside_the_callback_and_commits_before_returning(
+    stepped: Stepped,
+) -> None:
+    stepped.pipeline.failures[1] = [SinkUnavailableError("db away")]
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()
+    stepped.executor.finish()
+    stepped.runner.turn()  # the failure: batch 1 goes back in line behind a backoff, partitions paused
+    assert stepped.metric("consumer_batches_total", outcome="retried") == 1
+    assert stepped.source.paused == set(PARTITIONS)
+    stepped.source.revoke(PARTITIONS)
+    stepped.executor.finish_when_waited = True
+    stepped.runner.turn()
+    assert stepped.clock.sleeps == [0.5]  # the backoff, waited out on the polling thread inside the callback
+    assert _inside(stepped.source.calls, "on_revoked") == ["commit"]
+    assert stepped.pipeline.attempts == [1, 1]
+    assert stepped.source.commits == [{P0: BATCH}]
+    assert stepped.metric("consumer_paused_partitions") == 0  # released with the partitions
+
+
+def test_a_revoke_during_an_outage_gives_up_at_the_timeout_and_releases_the_partitions_uncommitted(
+    stepped: Stepped,
+) -> None:
+    stepped.pipeline.failures[1] = [SinkUnavailableError("db away")] * 1000
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()
+    stepped.executor.finish()
+    stepped.runner.turn()
+    stepped.source.revoke(PARTITIONS)
+    stepped.executor.finish_when_waited = True
+    revoked_at = stepped.clock.monotonic()
+    stepped.runner.turn()
+    assert SHUTDOWN_S <= stepped.clock.monotonic() - revoked_at < SHUTDOWN_S + 1
+    assert len(stepped.pipeline.attempts) > 10 and stepped.source.commits == []
+    assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") is None
