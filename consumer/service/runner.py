@@ -6,7 +6,9 @@
 RUNNING fills batches, hands them to the pipeline on the sink executor and commits what came back. HELD is
 the dead-letter guard's: everything paused, polled only to stay in the group, nothing written or committed
 until a restart. STOPPING polls no more; it finishes and commits what is in hand within the shutdown
-timeout. STOPPED is closed: a rebalance callback that close() serves finds nothing to do.
+timeout. STOPPED is closed: a rebalance callback that close() serves finds nothing to do. The timeout
+starts when the stop is first seen, and a revoke callback served after that (in the last poll, inside
+a commit) finishes within what is left of it, so the stop never takes longer than SHUTDOWN_TIMEOUT_MS.
 
 The loop never waits on the database: while a batch is in the sink it keeps polling (so the group
 membership and max.poll.interval.ms survive a slow or absent database), and once a closed batch is
@@ -92,6 +94,7 @@ class Runner:
         self._hand = InHand()
         self._retry_at = 0.0  # monotonic; a failed batch waits for it (the backoff)
         self._paused: set[TopicPartition] = set()
+        self._stop_deadline: float | None = None  # monotonic; set when the stop is first seen
         self._view = _LagView(self)
         self._observer.breakers_changed(breakers)
 
@@ -128,6 +131,7 @@ class Runner:
     def shut_down(self) -> int:
         """Finish and commit what is in hand within the shutdown timeout, then close the source: 0 when
         nothing was left uncommitted or the guard held, 1 when the timeout ran out first."""
+        self._see_stop()
         self._observer.stop_requested()
         if self._phase is Phase.RUNNING:
             self._finish_for_stop()
@@ -277,8 +281,7 @@ class Runner:
         more is committed: the next owner replays them from their last commit; stopped, nothing is left."""
         self._observer.partitions_revoked(partitions)
         self._hand.add(self._batcher.take(partitions, CloseReason.REVOKE))
-        finishing = self._phase in (Phase.RUNNING, Phase.STOPPING)
-        if finishing and not self._finish_in_hand(self._clock.monotonic() + self._shutdown_timeout_s):
+        if self._phase in (Phase.RUNNING, Phase.STOPPING) and not self._finish_in_hand():
             self._observer.revoke_left_uncommitted()
         self._release(partitions)
 
@@ -298,26 +301,42 @@ class Runner:
     # --- stopping ----------------------------------------------------------------------------------
     def _finish_for_stop(self) -> None:
         self._phase = Phase.STOPPING
-        deadline = self._clock.monotonic() + self._shutdown_timeout_s
         self._hand.add(self._batcher.flush(CloseReason.SHUTDOWN))
         self._observer.finishing(len(self._hand))
-        if self._finish_in_hand(deadline) and self._offsets.pending():
+        if self._finish_in_hand() and self._offsets.pending():
             self._commit()
 
-    def _finish_in_hand(self, deadline: float) -> bool:
-        """Process and commit the in-flight and waiting batches, retrying transient failures until
-        `deadline`; True when nothing is left in hand. Runs on the polling thread without polling:
-        used inside a revoke callback and at shutdown."""
-        while self._hand and self._clock.monotonic() < deadline:
+    def _finish_in_hand(self) -> bool:
+        """Process and commit the in-flight and waiting batches, retrying transient failures, for up to
+        the shutdown timeout (what is left of it once the stop was seen); True when nothing is left in
+        hand. Runs on the polling thread without polling: used inside a revoke callback and at shutdown."""
+        deadline = self._deadline()
+        while self._hand:
+            deadline = min(deadline, self._deadline())  # a stop seen meanwhile brings it forward
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                break
             in_flight = self._hand.in_flight
             if in_flight is not None and not in_flight.future.done():
-                self._executor.wait(in_flight.future, min(deadline - self._clock.monotonic(), _IDLE_POLL_S))
+                self._executor.wait(in_flight.future, min(left, _IDLE_POLL_S))
                 continue
             self._advance()
             if self._hand.in_flight is None and self._hand.waiting and not self._may_try():
                 until = min(self._seconds_until_may_try(), deadline - self._clock.monotonic())
                 self._clock.sleep(max(0.0, until))
         return not self._hand
+
+    def _deadline(self) -> float:
+        """The shutdown timeout from now, or once the stop was seen, from then."""
+        if self._stop.is_set():
+            self._see_stop()
+        if self._stop_deadline is not None:
+            return self._stop_deadline
+        return self._clock.monotonic() + self._shutdown_timeout_s
+
+    def _see_stop(self) -> None:
+        if self._stop_deadline is None:
+            self._stop_deadline = self._clock.monotonic() + self._shutdown_timeout_s
 
 
 class _LagView:

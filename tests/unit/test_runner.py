@@ -493,3 +493,41 @@ def test_a_revoke_during_an_outage_gives_up_at_the_timeout_and_releases_the_part
     assert SHUTDOWN_S <= stepped.clock.monotonic() - revoked_at < SHUTDOWN_S + 1
     assert len(stepped.pipeline.attempts) > 10 and stepped.source.commits == []
     assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") is None
+
+
+def test_a_stop_seen_inside_a_revoke_callback_bounds_the_callback_and_the_shutdown_by_one_timeout(
+    stepped: Stepped,
+) -> None:
+    """SIGTERM's handler runs on the polling thread at the first Python line it reaches, which may be inside
+    a revoke callback that consume() is serving. That callback and the shutdown after it share one timeout."""
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()  # batch 1 in flight; its write will not end
+    stepped.source.serve_in("poll", lambda listener: stepped.stop.set())
+    stepped.source.revoke(PARTITIONS)
+    stopped_at = stepped.clock.monotonic()
+    stepped.runner.turn()
+    assert stepped.runner.shut_down() == 1
+    elapsed = stepped.clock.monotonic() - stopped_at
+    assert SHUTDOWN_S <= elapsed <= SHUTDOWN_S + 0.2  # plus the rest of the poll that served the callback
+    assert stepped.source.commits == []
+
+
+def test_a_revoke_served_inside_a_commit_while_stopping_shares_the_stop_deadline(stepped: Stepped) -> None:
+    """Source.commit may serve a rebalance callback (our Protocol allows it; librdkafka serves them in
+    consume() and close()): the callback must not start a shutdown timeout of its own."""
+    stepped.source.feed(P0, 2 * BATCH)
+    stepped.runner.turn()  # batch 1 in flight
+    stepped.runner.turn()  # batch 2 closed, waiting behind it
+
+    def slow_then_done() -> None:
+        stepped.clock.advance(20.0)
+        stepped.executor.finish()
+
+    stepped.executor.during_wait.append(slow_then_done)  # batch 1 takes 20 s; batch 2 will not end
+    stepped.source.revoke(PARTITIONS, inside="commit")
+    stepped.stop.set()
+    stopped_at = stepped.clock.monotonic()
+    assert stepped.runner.shut_down() == 1
+    assert stepped.clock.monotonic() - stopped_at == pytest.approx(SHUTDOWN_S)
+    assert _inside(stepped.source.calls, "on_revoked") == []  # batch 2 never finished: nothing more committed
+    assert stepped.source.commits == [{P0: BATCH}]
