@@ -4,8 +4,10 @@ database. The runner takes a `SinkExecutor`; `app.build` gives it a `SinkThread`
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, wait
 from typing import Protocol
 
 from consumer.records import BatchResult
@@ -28,16 +30,34 @@ class SinkExecutor(Protocol):
 
 
 class SinkThread:
-    """One worker thread for the sink."""
+    """One daemon thread for the sink. Not a ThreadPoolExecutor: concurrent.futures joins its threads at
+    interpreter exit, so a write hung in the database (a lock wait, a peer gone silent) kept the process
+    alive after the shutdown timeout had given up on it. Left behind at exit, the write's transaction is
+    rolled back when its connection drops; its offsets were never committed, so it is replayed, as after
+    a kill."""
 
     def __init__(self) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink")
+        self._writes: queue.SimpleQueue[tuple[Write, Future[BatchResult]] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="sink", daemon=True)
+        self._thread.start()
 
     def submit(self, write: Write) -> Future[BatchResult]:
-        return self._pool.submit(write)
+        future: Future[BatchResult] = Future()
+        self._writes.put((write, future))
+        return future
 
     def wait(self, future: Future[BatchResult], timeout_s: float) -> None:
         wait([future], timeout=timeout_s)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._writes.put(None)
+
+    def _work(self) -> None:
+        while (item := self._writes.get()) is not None:
+            write, future = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(write())
+            except BaseException as exc:  # noqa: BLE001 - not handled here: future.result() raises it in the runner
+                future.set_exception(exc)
