@@ -1,7 +1,8 @@
 """Runner: the poll loop, a state machine stepped one `turn()` at a time.
 
-    RUNNING --guard trips--> HELD
-    RUNNING | HELD --stop seen--> STOPPING (not from HELD: nothing is finished there) --> STOPPED
+    RUNNING --the guard trips--> HELD
+    RUNNING --stop--> STOPPING --> STOPPED
+    HELD    --stop--> STOPPED
 
 RUNNING fills batches, hands them to the pipeline on the sink executor and commits what came back. HELD is
 the dead-letter guard's: everything paused, polled only to stay in the group, nothing written or committed
@@ -95,7 +96,7 @@ class Runner:
         self._retry_at = 0.0  # monotonic; a failed batch waits for it (the backoff)
         self._paused: set[TopicPartition] = set()
         self._stop_deadline: float | None = None  # monotonic; set when the stop is first seen
-        self._view = _LagView(self)
+        self._view = _LagView(source, offsets, batcher, self._hand, self._paused)
         self._observer.breakers_changed(breakers)
 
     @property
@@ -340,22 +341,25 @@ class Runner:
 
 
 class _LagView:
-    """The runner's state as a lag refresh reads it (consumer.observability.lag.LagInputs)."""
+    """The runner's state as a lag refresh reads it (consumer.observability.lag.LagInputs); it holds the
+    runner's own objects, so it reads them as they are when a refresh is due."""
 
-    def __init__(self, runner: Runner) -> None:
-        self._runner = runner
-        self.committed_offset = runner._offsets.committed_offset
-        self.group_committed = runner._source.group_committed
-        self.high_watermark = runner._source.high_watermark
+    def __init__(
+        self, source: Source, offsets: OffsetTracker, batcher: Batcher, hand: InHand, paused: set[TopicPartition]
+    ) -> None:
+        self._offsets, self._batcher, self._hand, self._paused = offsets, batcher, hand, paused
+        self.committed_offset = offsets.committed_offset
+        self.group_committed = source.group_committed
+        self.high_watermark = source.high_watermark
 
     def assigned(self) -> frozenset[TopicPartition]:
-        return self._runner._offsets.assigned
+        return self._offsets.assigned
 
     def paused(self) -> set[TopicPartition]:
-        return self._runner._paused
+        return self._paused
 
     def oldest_in_hand_ms(self) -> int | None:
         """The oldest first-record timestamp of the batches in hand and the open one (batch-level)."""
-        opened = self._runner._batcher.oldest_timestamp_ms()
-        in_hand = self._runner._hand.first_timestamps()
+        opened = self._batcher.oldest_timestamp_ms()
+        in_hand = self._hand.first_timestamps()
         return oldest_timestamp_ms(in_hand if opened is None else [*in_hand, opened])
