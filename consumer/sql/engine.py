@@ -55,10 +55,11 @@ def _switching_journal_mode(database: Path) -> Iterator[None]:
 
     The switch needs the database to itself and answers SQLITE_BUSY at once, without waiting out the busy
     timeout, when another connection is switching too (workers or pods starting side by side). WAL then
-    stays in the file, so whoever comes next finds it set. An flock() on the database file does not touch
-    SQLite's own locks (POSIX fcntl locks, independent of flock on Linux).
+    stays in the file, so whoever comes next finds it set. The lock is a file of its own beside the
+    database, never the database file: closing any descriptor of the database file would drop the POSIX
+    locks SQLite's other connections in this process hold on it (SQLite's "how to corrupt" list, 2.2).
     """
-    with database.open("ab") as handle:  # creates the file if missing, as SQLite would
+    with database.with_name(database.name + ".lock").open("ab") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
