@@ -31,6 +31,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from .net import free_port
+from .process import stop_process
 from .tls import ServerTls, make_server_tls
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,14 +223,7 @@ class KafkaBroker:
     def stop(self) -> None:
         """SIGTERM (a controlled shutdown), SIGKILL if it outlives the grace period; the data stays."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGTERM, _STOP_TIMEOUT_S)
 
     def kill(self) -> None:
         """SIGKILL: the broker vanishes without a word to its clients."""

@@ -31,6 +31,7 @@ from psycopg import sql
 from psycopg.rows import TupleRow
 
 from .net import free_port
+from .process import stop_process
 
 SUPERUSER = "postgres"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -150,14 +151,8 @@ class PostgresCluster:
     def stop(self) -> None:
         """SIGINT (fast shutdown: clients cut off, a checkpoint written), SIGKILL after the grace period."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)  # its own session: the postmaster and every backend
-            process.wait()
+        # SIGKILL to its own session: the postmaster and every backend
+        stop_process(process, signal.SIGINT, _STOP_TIMEOUT_S, kill=lambda p: os.killpg(p.pid, signal.SIGKILL))
 
     def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
         try:

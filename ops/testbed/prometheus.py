@@ -32,6 +32,7 @@ import yaml
 
 from .kafka import TestbedError
 from .net import free_port
+from .process import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED_CONFIG = REPO / "ops" / "prometheus" / "prometheus.yml"
@@ -229,14 +230,7 @@ class PrometheusServer:
     def stop(self) -> None:
         """SIGTERM (Prometheus flushes and exits), SIGKILL if it outlives the grace period."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, signal.SIGTERM, _STOP_TIMEOUT_S)
 
     def log_tail(self, chars: int = _LOG_TAIL_CHARS) -> str:
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .kafka import TestbedError, java_binary
 from .net import free_port
+from .process import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 POM = Path(__file__).with_name("registry-pom.xml")
@@ -110,7 +111,7 @@ def schema_registry(cache_dir: Path, log_dir: Path) -> Iterator[str]:
         _wait_ready(url, process, log_path)
         yield url
     finally:
-        _stop(process)
+        stop_process(process, signal.SIGTERM, _STOP_TIMEOUT_S)  # Quarkus shuts down cleanly
 
 
 def _answers(url: str) -> bool:
@@ -132,17 +133,6 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], log_path: Path) -> N
             )
         time.sleep(_READY_POLL_S)  # a bounded poll for readiness, not synchronisation of a test
 
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (Quarkus shuts down cleanly), SIGKILL if it outlives the grace period."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=_STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def _tail(log_path: Path) -> str:
