@@ -69,6 +69,26 @@ def _wait_split(a: ServiceProcess, b: ServiceProcess) -> None:
     wait_until(lambda: (_held(a), _held(b)), JOIN_TIMEOUT_S, "both members holding partitions", until=split)
 
 
+def _two_members_under_way(
+    kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str],
+    sink_url: str, sink_table: str, service: StartService, protocol: str,
+) -> tuple[str, TopicWriter, str, ServiceProcess, ServiceProcess]:
+    """Two members holding the partitions between them, RECORDS produced and the first rows written."""
+    topic, writer = setup_topic(kafka_bootstrap, make_topic, PARTITIONS)
+    group = unique("group")
+    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, protocol)
+    a, b = service(env), service(env)
+    _wait_split(a, b)
+    writer.send(valid_messages(range(RECORDS), keyed=True))
+    wait_until(lambda: rows_or_zero(sink_url, sink_table), 60, "the run under way", until=lambda n: n > 0)
+    return topic, writer, group, a, b
+
+
+def _wait_holds_every_partition(svc: ServiceProcess) -> None:
+    wait_until(lambda: _held(svc), JOIN_TIMEOUT_S, "the survivor holding every partition",
+               until=lambda held: held == set(range(PARTITIONS)))
+
+
 def _rebalances(svc: ServiceProcess, kind: str) -> float:
     return svc.metric("consumer_rebalances_total", kind=kind)
 
@@ -102,17 +122,11 @@ def test_a_member_leaving_mid_run_commits_its_batch_and_hands_its_partitions_ove
     kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str],
     sink_url: str, sink_table: str, service: StartService, protocol: str,
 ) -> None:
-    topic, writer = setup_topic(kafka_bootstrap, make_topic, PARTITIONS)
-    group = unique("group")
-    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, protocol)
-    a, b = service(env), service(env)
-    _wait_split(a, b)
-    writer.send(valid_messages(range(RECORDS), keyed=True))
-    wait_until(lambda: rows_or_zero(sink_url, sink_table), 60, "the run under way", until=lambda n: n > 0)
+    _topic, writer, group, a, b = _two_members_under_way(kafka_bootstrap, make_topic, unique, sink_url, sink_table,
+                                                        service, protocol)
 
     assert a.terminate() == 0
-    wait_until(lambda: _held(b), JOIN_TIMEOUT_S, "the survivor holding every partition",
-               until=lambda held: held == set(range(PARTITIONS)))
+    _wait_holds_every_partition(b)
     wait_committed(kafka_bootstrap, group, writer, [b])
     assert_one_row_per_key(sink_url, sink_table, RECORDS)
     assert b.metric_sum("consumer_records_total", outcome="duplicate") == 0, "a handed-over batch was written twice"
@@ -125,17 +139,11 @@ def test_a_killed_members_partitions_move_to_the_survivor_and_its_replayed_batch
     kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str],
     sink_url: str, sink_table: str, service: StartService, protocol: str,
 ) -> None:
-    topic, writer = setup_topic(kafka_bootstrap, make_topic, PARTITIONS)
-    group = unique("group")
-    env = _env(kafka_bootstrap, topic, group, sink_url, sink_table, protocol)
-    a, b = service(env), service(env)
-    _wait_split(a, b)
-    writer.send(valid_messages(range(RECORDS), keyed=True))
-    wait_until(lambda: rows_or_zero(sink_url, sink_table), 60, "the run under way", until=lambda n: n > 0)
+    topic, writer, group, a, b = _two_members_under_way(kafka_bootstrap, make_topic, unique, sink_url, sink_table,
+                                                        service, protocol)
 
     a.kill()  # no LeaveGroup: the coordinator notices only when the session runs out
-    wait_until(lambda: _held(b), JOIN_TIMEOUT_S, "the survivor holding every partition",
-               until=lambda held: held == set(range(PARTITIONS)))
+    _wait_holds_every_partition(b)
     wait_committed(kafka_bootstrap, group, writer, [b])
     assert_one_row_per_key(sink_url, sink_table, RECORDS)
     assert b.terminate() == 0
