@@ -1,51 +1,132 @@
-"""Every database error as one of ours, by SQLSTATE class (or SQLite's result code), never by message text:
-transient (retried behind the breaker), the row's fault (isolated and dead-lettered), or fatal."""
+"""Every database error as one of ours, by SQLSTATE (or SQLite's result code), never by message text:
+transient (retried behind the breaker), the row's fault (isolated and dead-lettered), or fatal.
+
+One table per database decides. A full code is looked up before its class (the first two characters), so a
+single code can leave its class. A code in neither is blamed on the rows (the batch is bisected down to the
+rows that fail, each dead-lettered with stage `sink`, and the dead-letter guard stops a flood) and logged
+once per code as a WARNING, so that an operator sees it and the table can learn it.
+"""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
+import threading
+from enum import Enum
 
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
 from consumer.errors import ConsumerError, FatalError, RecordRejectedError, SinkUnavailableError
 
-# SQLSTATE classes (the first two characters), per the contract's "Records, keys and order".
-_TRANSIENT_CLASSES = frozenset({"08", "40", "53", "57", "58"})
-_RECORD_CLASSES = frozenset({"22", "23"})
-_FATAL_CLASSES = frozenset({"28", "42"})
-# SQLite result codes (Python 3.11 exposes them as `sqlite_errorname`), same three-way split.
-_SQLITE_RECORD = ("SQLITE_CONSTRAINT", "SQLITE_MISMATCH", "SQLITE_TOOBIG", "SQLITE_RANGE")
-_SQLITE_TRANSIENT = (
-    "SQLITE_BUSY", "SQLITE_LOCKED", "SQLITE_IOERR", "SQLITE_CANTOPEN", "SQLITE_FULL", "SQLITE_PROTOCOL",
-    "SQLITE_INTERRUPT",
-)
+log = logging.getLogger(__name__)
 
 
-def classify(exc: BaseException) -> ConsumerError:
-    """A driver or SQLAlchemy error as one of ours, by SQLSTATE or SQLite result code."""
+class Blame(Enum):
+    TRANSIENT = "transient"  # the database, for now: retry the same batch, never dead-letter
+    RECORD = "record"  # the row: bisect the batch, dead-letter the row with stage `sink`
+    FATAL = "fatal"  # our configuration or the database's: stop (exit 1 mid-run, exit 2 at start when it names us)
+
+
+# SQLSTATE (PostgreSQL appendix A): a class (two characters) or a full code (five). The transient classes
+# are the contract's and the only ones retried forever.
+SQLSTATE_BLAME: dict[str, Blame] = {
+    "08": Blame.TRANSIENT,  # connection exception
+    "40": Blame.TRANSIENT,  # transaction rollback: serialization failure, deadlock
+    "53": Blame.TRANSIENT,  # insufficient resources: disk full, out of memory, too many connections
+    "57": Blame.TRANSIENT,  # operator intervention: admin shutdown, query_canceled (57014: timeouts, our cancels)
+    "58": Blame.TRANSIENT,  # system error: I/O error
+    "22": Blame.RECORD,  # data exception: a value out of range, a bad date, a NUL byte
+    "23": Blame.RECORD,  # integrity constraint violation: NOT NULL, CHECK, foreign key
+    "54": Blame.RECORD,  # program limit exceeded: a key too long for its index, a row too wide
+    "P0001": Blame.RECORD,  # raise_exception: a trigger refused the row
+    "P0004": Blame.RECORD,  # assert_failure: a trigger's ASSERT refused the row
+    "28": Blame.FATAL,  # invalid authorization specification: authentication failed
+    "42": Blame.FATAL,  # syntax error or access rule violation: permission denied, missing table or column
+    "3D": Blame.FATAL,  # invalid catalog name: the database does not exist
+    "3F": Blame.FATAL,  # invalid schema name: the schema of the search path does not exist
+    "0A": Blame.FATAL,  # feature not supported
+    "25006": Blame.FATAL,  # read_only_sql_transaction: we reached a standby; a restart reconnects to the primary
+    "XX": Blame.FATAL,  # internal error: data or index corrupted
+}
+
+# SQLite primary result codes (extended ones, SQLITE_CONSTRAINT_UNIQUE, fall back to their primary code).
+SQLITE_BLAME: dict[str, Blame] = {
+    "SQLITE_BUSY": Blame.TRANSIENT,  # another connection holds the lock past the busy timeout
+    "SQLITE_LOCKED": Blame.TRANSIENT,
+    "SQLITE_IOERR": Blame.TRANSIENT,
+    "SQLITE_CANTOPEN": Blame.TRANSIENT,
+    "SQLITE_FULL": Blame.TRANSIENT,  # disk full
+    "SQLITE_PROTOCOL": Blame.TRANSIENT,
+    "SQLITE_INTERRUPT": Blame.TRANSIENT,  # our own interrupt (a stop)
+    "SQLITE_CONSTRAINT": Blame.RECORD,
+    "SQLITE_MISMATCH": Blame.RECORD,
+    "SQLITE_TOOBIG": Blame.RECORD,
+    "SQLITE_RANGE": Blame.RECORD,
+    "SQLITE_ERROR": Blame.FATAL,  # SQL error: a missing table or column
+    "SQLITE_READONLY": Blame.FATAL,
+    "SQLITE_PERM": Blame.FATAL,
+    "SQLITE_AUTH": Blame.FATAL,
+    "SQLITE_CORRUPT": Blame.FATAL,
+    "SQLITE_NOTADB": Blame.FATAL,  # SINK_URL names a file that is not a database
+}
+
+_ERROR_OF = {Blame.TRANSIENT: SinkUnavailableError, Blame.RECORD: RecordRejectedError, Blame.FATAL: FatalError}
+
+
+def sqlstate_blame(sqlstate: str) -> Blame | None:
+    """The table's answer for a SQLSTATE: its full code first, then its class; None when in neither."""
+    return SQLSTATE_BLAME.get(sqlstate) or SQLSTATE_BLAME.get(sqlstate[:2])
+
+
+def sqlite_blame(name: str) -> Blame | None:
+    """The table's answer for a SQLite result code name, extended codes by their primary code."""
+    return SQLITE_BLAME.get(name) or SQLITE_BLAME.get("_".join(name.split("_")[:2]))
+
+
+def error_code(exc: BaseException) -> str | None:
+    """The SQLSTATE (PostgreSQL) or result code name (SQLite) of a driver or SQLAlchemy error, if any."""
     orig = getattr(exc, "orig", None) or exc
-    message = f"{type(orig).__name__}: {str(orig).strip().splitlines()[0] if str(orig).strip() else ''}"
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or getattr(orig, "sqlite_errorname", None)
+    return str(code) if code else None
+
+
+class SqlErrorClassifier:
+    """Classifies database errors for one sink; remembers which codes outside the tables it has warned about."""
+
+    def __init__(self) -> None:
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()  # the sink thread and the start-up thread both classify
+
+    def __call__(self, exc: BaseException) -> ConsumerError:
+        orig = getattr(exc, "orig", None) or exc
+        text = str(orig).strip()
+        message = f"{type(orig).__name__}: {text.splitlines()[0] if text else ''}"
+        if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+            return SinkUnavailableError(message)
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if sqlstate:
+            return self._by_table(sqlstate_blame(sqlstate), sqlstate, f"{message} (SQLSTATE {sqlstate})")
+        if isinstance(orig, (psycopg.DataError, sqlite3.DataError)):
+            # The driver refused a value before sending it (PEP 249 DataError: a NUL byte in a text field for
+            # psycopg): the row's fault, not the database's. Retrying it would block the partition for good.
+            return RecordRejectedError(message)
+        sqlite_name = getattr(orig, "sqlite_errorname", None)
+        if sqlite_name:
+            return self._by_table(sqlite_blame(sqlite_name), sqlite_name, f"{message} ({sqlite_name})")
+        # No code: the connection failed or broke before the server could say why.
         return SinkUnavailableError(message)
-    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
-    if not sqlstate and isinstance(orig, (psycopg.DataError, sqlite3.DataError)):
-        # The driver refused a value before sending it (PEP 249 DataError: a NUL byte in a text field for
-        # psycopg): the row's fault, not the database's. Retrying it would block the partition for good.
-        return RecordRejectedError(message)
-    if sqlstate:
-        code_class = sqlstate[:2]
-        if code_class in _RECORD_CLASSES:
-            return RecordRejectedError(f"{message} (SQLSTATE {sqlstate})")
-        if code_class in _FATAL_CLASSES:
-            return FatalError(f"{message} (SQLSTATE {sqlstate})")
-        return SinkUnavailableError(f"{message} (SQLSTATE {sqlstate})")
-    sqlite_name = getattr(orig, "sqlite_errorname", None)
-    if sqlite_name:
-        if sqlite_name.startswith(_SQLITE_RECORD):
-            return RecordRejectedError(f"{message} ({sqlite_name})")
-        if sqlite_name.startswith(_SQLITE_TRANSIENT):
-            return SinkUnavailableError(f"{message} ({sqlite_name})")
-        return FatalError(f"{message} ({sqlite_name})")
-    # No code: the connection failed or broke before the server could say why.
-    return SinkUnavailableError(message)
+
+    def _by_table(self, blame: Blame | None, code: str, message: str) -> ConsumerError:
+        if blame is None:
+            self._warn_once(code, message)
+            blame = Blame.RECORD
+        return _ERROR_OF[blame](message)
+
+    def _warn_once(self, code: str, message: str) -> None:
+        with self._lock:
+            if code in self._warned:
+                return
+            self._warned.add(code)
+        log.warning("database error code with no decided class: blaming the rows (bisected, dead-lettered "
+                    "with stage sink)", extra={"sqlstate": code, "error": message})

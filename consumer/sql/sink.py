@@ -24,7 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from consumer.errors import ConsumerError, FatalError, RecordRejectedError
 from consumer.records import ColumnSpec, DecodedRecord, WriteResult
 from consumer.sql.columns import KEY_COLUMN, META_COLUMNS, column_type, meta_columns
-from consumer.sql.errors import classify
+from consumer.sql.errors import SqlErrorClassifier
 from consumer.sql.postgres import (
     BINARY_COPYABLE,
     DUMP_ERRORS,
@@ -78,6 +78,7 @@ class SqlSink:
         self._value_names: list[str] = []
         self._prepared: frozenset[ColumnSpec] | None = None
         self._statement: Any = None
+        self._classify = SqlErrorClassifier()
 
     # --- schema --------------------------------------------------------------------------------------
     def prepare(self, columns: Sequence[ColumnSpec]) -> None:
@@ -287,8 +288,8 @@ class SqlSink:
         except ConsumerError:
             raise
         except (SQLAlchemyError, OSError) as exc:
-            raise classify(exc) from exc
+            raise self._classify(exc) from exc
         except Exception as exc:  # the driver's own errors (psycopg.Error from COPY), classified
             if type(exc).__module__.split(".")[0] in ("psycopg", "sqlite3"):
-                raise classify(exc) from exc
+                raise self._classify(exc) from exc
             raise
