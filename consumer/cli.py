@@ -1,4 +1,4 @@
-"""Command line: `run`, `check`, `demo`, `dlq inspect`, `dlq replay`, `produce`.
+"""Command line: `run`, `check`, `config`, `demo`, `dlq inspect`, `dlq replay`, `produce`.
 Exit codes: 0 clean stop, 2 configuration error, 1 anything else.
 
 The package's only broad `except Exception` lives here, in `main`, to turn an unforeseen failure into one
@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from types import FrameType
 
 from consumer import __version__
+from consumer.environment import unknown_settings
 from consumer.errors import ConfigError, PermanentError
 from consumer.observability.logs import configure, secret_values
 from consumer.settings import Settings, load_settings
@@ -27,6 +28,7 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 _EPILOG = """examples:
   CONSUMER_TOPICS=events SCHEMA_FILE=schemas/event.avsc KAFKA_BOOTSTRAP_SERVERS=localhost:9092 consumer run
   consumer check            # validate settings, reach the broker, the sink and the schema; exit 0/1
+  consumer config           # every setting, its value and where it came from (environment, .env, default)
   consumer demo --records 2000
   consumer dlq inspect --stage sink      # why records were dead-lettered; `dlq replay` puts them back
   consumer produce --count 10000 --poison-ratio 0.01
@@ -47,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--worker-metrics-port", type=int, help=argparse.SUPPRESS)
     commands.add_parser("check", help="validate configuration and connectivity; exit 0 ok, 1 not, 2 config",
                         epilog="example: consumer check")
+    from consumer.tools.config import CONFIG_EPILOG, configure_config
+
+    configure_config(commands.add_parser(
+        "config", help="print the effective configuration (values, sources, librdkafka properties); no broker",
+        epilog=CONFIG_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    ))
     demo = commands.add_parser(
         "demo", help="the whole job on an embedded broker and SQLite, with a summary",
         epilog="examples:\n  consumer demo\n  consumer demo --records 20000 --keep-running",
@@ -74,13 +82,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_tool(args)
         settings = load_settings()
         configure(settings.log_level.value, settings.log_format.value, secret_values(settings))
+        if getattr(args, "worker", None) is None:  # the supervisor warned once for its workers
+            warn_unknown_settings()
+        if args.command == "config":
+            from consumer.tools.config import run_config
+
+            return run_config(settings, args)
         if args.command == "check":
             from consumer.tools.check import run_check
 
             return run_check(settings)
         return _run(settings, args.worker, args.worker_metrics_port)
     except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
+        print(f"configuration error: {exc}{_misspelling_hint(str(exc))}", file=sys.stderr)
         return EXIT_CONFIG
     except PermanentError as exc:
         log.error("stopping: %s", exc, extra={"error_class": type(exc).__name__})
@@ -108,6 +122,23 @@ def _run(settings: Settings, worker: int | None = None, worker_port: int | None 
 
         return supervise(settings, stop)
     return build(settings, stop).run()
+
+
+def warn_unknown_settings() -> None:
+    """A variable under one of our prefixes that is no setting is most likely a typo whose default is now in
+    use: one WARNING each, naming the closest real setting."""
+    for unknown in unknown_settings():
+        hint = f"; did you mean {unknown.closest}?" if unknown.closest else ""
+        log.warning("%s is not a setting and is ignored%s", unknown.name, hint,
+                    extra={"setting": unknown.name, "closest": unknown.closest, "source": unknown.source.value})
+
+
+def _misspelling_hint(error: str) -> str:
+    """`CONSUMER_TOPICS: Field required` while CONSUMER_TOPIC is set: say so on the same line."""
+    for unknown in unknown_settings():
+        if unknown.closest and error.startswith(f"{unknown.closest}:"):
+            return f" ({unknown.name} is set: a misspelling of {unknown.closest}?)"
+    return ""
 
 
 def install_stop_handlers(stop: threading.Event) -> None:

@@ -6,6 +6,8 @@ Built from `Settings` here and nowhere else, so `run`, `check` and the tools rea
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Mapping
 from typing import Any
 
 from consumer.settings import GroupProtocol, Settings
@@ -70,4 +72,19 @@ def group_protocol_config(settings: Settings) -> dict[str, Any]:
         "group.protocol": "classic",
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": settings.kafka_session_timeout_ms,
+    }
+
+
+# librdkafka properties whose values are secrets (sasl.password, ssl.key.password, ssl.keystore.password,
+# ssl.key.pem, sasl.oauthbearer.client.secret, sasl.oauthbearer.config, sasl.kerberos.keytab...): masked when
+# shown. When in doubt masked: a hidden path costs a look at the settings, a shown secret costs a rotation.
+_SECRET_PROPERTY = re.compile(r"password|secret|key|token|jaas|oauthbearer\.config|\.pem$")
+
+
+def shown_client_config(config: Mapping[str, Any]) -> dict[str, str]:
+    """Client properties as an operator may see them: secrets masked, the Python-side callbacks left out."""
+    return {
+        name: "***" if _SECRET_PROPERTY.search(name) else str(value).lower() if isinstance(value, bool) else str(value)
+        for name, value in sorted(config.items())
+        if isinstance(value, (str, int, float))
     }

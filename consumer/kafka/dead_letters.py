@@ -67,11 +67,14 @@ def _int_or_zero(value: bytes) -> int:
         return 0
 
 
+DEAD_LETTER_LINGER_MS = 5  # dead letters are few and a batch waits for them: barely batched
+
+
 class KafkaDeadLetterPublisher:
     def __init__(
         self, config: Mapping[str, Any], topic: str, group_id: str, clock: Clock, flush_timeout_s: float = 30.0
     ) -> None:
-        self._producer = idempotent_producer(config, linger_ms=5)
+        self._producer = idempotent_producer(config, linger_ms=DEAD_LETTER_LINGER_MS)
         self._topic = topic
         self._group_id = group_id
         self._clock = clock

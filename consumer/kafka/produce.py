@@ -17,7 +17,12 @@ _QUEUE_FULL_POLL_S = 0.1  # while librdkafka's local queue is full: serve delive
 def idempotent_producer(config: Mapping[str, Any], linger_ms: int = 5, **extra: Any) -> Producer:
     """acks=all and idempotence: a retried send is never written twice and order per partition holds."""
     with client_construction():
-        return Producer({**config, "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms, **extra})
+        return Producer(idempotent_producer_config(config, linger_ms, **extra))
+
+
+def idempotent_producer_config(config: Mapping[str, Any], linger_ms: int = 5, **extra: Any) -> dict[str, Any]:
+    """The properties `idempotent_producer` gives librdkafka (`consumer config` shows them)."""
+    return {**config, "enable.idempotence": True, "acks": "all", "linger.ms": linger_ms, **extra}
 
 
 def blocking_produce(producer: Producer, topic: str, doing: str, **message: Any) -> None:
