@@ -1,16 +1,20 @@
 from __future__ import annotations
 
 import decimal
+import hashlib
+import itertools
 import json
 import uuid
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from support.events import encode, make_event, parsed_schema
 
 from consumer.decode.avro import SchemalessAvroDecoder
 from consumer.decode.decoder import Decoder
 from consumer.decode.json_values import JsonDecoder
-from consumer.decode.keys import key_source, key_text
+from consumer.decode.keys import MAX_KEY_BYTES, bytes_text, key_source, key_text
 from consumer.errors import ConfigError
 from consumer.records import RawRecord, Stage
 
@@ -173,3 +177,87 @@ def test_a_uuid_field_is_canonicalised_and_a_string_that_is_no_uuid_is_poison(de
         "abcdef01-1234-5678-1234-567812345678", "abcdef01-1234-5678-1234-56781234567f"]
     assert [(d.record.offset, d.stage.value, d.error_class) for d in out.dead_letters] == [
         (3, "transform", "TransformError"), (4, "transform", "TransformError")]
+
+
+def test_binary_ff_and_text_ff_are_two_keys() -> None:
+    """The reported collision: a message key 0xff (hex "ff") and a text key "ff" used to be one key."""
+    of = key_source("key", None)
+    assert of(raw(key=b"\xff"), {}) == "ff"  # the contract's hex form of non-UTF-8 bytes, kept
+    assert of(raw(key=b"ff"), {}) == "~ff"
+    assert key_text("ff") == "~ff"
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("abc", "abc"),  # odd length: never hex of bytes
+        ("6162", "6162"),  # hex of b"ab", which is UTF-8 and so would be stored as "ab": no collision
+        ("c328", "~c328"),  # hex of b"\xc3\x28", not UTF-8
+        ("C328", "C328"),  # upper case is never our hex
+        ("~", "~~"),
+        ("~ff", "~~ff"),
+        ("orders/2/7", "orders/2/7"),
+    ],
+)
+def test_text_keys_that_could_be_hex_of_bytes_or_start_with_the_marker_are_escaped(text: str, stored: str) -> None:
+    assert key_text(text) == stored
+
+
+def test_numbers_stay_decimal_even_when_they_read_as_hex() -> None:
+    assert key_text(80) == "80"
+    assert key_text(decimal.Decimal("98.7")) == "98.7"
+
+
+def test_a_key_longer_than_the_limit_is_a_tagged_digest() -> None:
+    long_text = "k" * (MAX_KEY_BYTES + 1)
+    digest = key_text(long_text)
+    assert digest == "~sha256:" + hashlib.sha256(b"text:" + long_text.encode()).hexdigest()
+    assert key_text("k" * MAX_KEY_BYTES) == "k" * MAX_KEY_BYTES  # at the limit: as is
+    assert key_text("é" * (MAX_KEY_BYTES // 2 + 1)).startswith("~sha256:")  # the limit is in UTF-8 bytes
+    long_bytes = b"\xff" * (MAX_KEY_BYTES // 2 + 1)
+    assert bytes_text(long_bytes) == "~sha256:" + hashlib.sha256(b"bytes:" + long_bytes).hexdigest()
+    assert bytes_text(b"\xff" * (MAX_KEY_BYTES // 2)) == "ff" * (MAX_KEY_BYTES // 2)
+    assert key_text(10 ** 600).startswith("~sha256:")  # type: ignore[union-attr]
+    # A text key that looks like a digest is escaped, so it cannot pose as one.
+    assert key_text(digest) == "~" + digest
+
+
+_KEY_INPUTS = st.one_of(
+    st.text(min_size=1, max_size=40),
+    st.text(alphabet="0123456789abcdef~", min_size=1, max_size=12),
+    st.binary(min_size=1, max_size=20),
+    st.binary(min_size=MAX_KEY_BYTES // 2 - 2, max_size=MAX_KEY_BYTES // 2 + 2),
+    st.text(alphabet="ab~", min_size=MAX_KEY_BYTES - 2, max_size=MAX_KEY_BYTES + 2),
+)
+
+
+def _meaning(value: str | bytes) -> bytes:
+    """What a key means: bytes that are UTF-8 are the same key as their text (a message key is bytes)."""
+    return value.encode("utf-8", "surrogatepass") if isinstance(value, str) else value
+
+
+@settings(max_examples=3000, deadline=None)
+@given(a=_KEY_INPUTS, b=_KEY_INPUTS)
+def test_the_stored_key_is_injective_over_text_and_bytes(a: str | bytes, b: str | bytes) -> None:
+    """Two keys are stored alike only when they mean the same (digests aside: sha-256 collisions)."""
+    stored_a, stored_b = key_text(a), key_text(b)
+    assert stored_a is not None and stored_b is not None
+    assert len(stored_a.encode("utf-8", "surrogatepass")) <= MAX_KEY_BYTES
+    if _meaning(a) != _meaning(b):
+        assert stored_a != stored_b
+    else:
+        assert stored_a == stored_b
+
+
+def test_the_stored_key_is_injective_over_every_short_hex_text_and_byte_string() -> None:
+    """Exhaustively, every byte string of one or two bytes against every hex-alphabet text that long."""
+    seen: dict[str, bytes] = {}
+    inputs: list[str | bytes] = [bytes([a]) for a in range(256)] + [bytes([a, b]) for a in range(256)
+                                                                      for b in range(256)]
+    inputs += ["".join(chars) for n in (1, 2, 3, 4) for chars in itertools.product("0123456789abcdef~", repeat=n)]
+    for value in inputs:
+        stored = key_text(value)
+        assert stored is not None
+        meaning = _meaning(value)
+        assert seen.setdefault(stored, meaning) == meaning, (value, stored)
+
