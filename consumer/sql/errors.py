@@ -104,6 +104,10 @@ class SqlErrorClassifier:
         message = f"{type(orig).__name__}: {text.splitlines()[0] if text else ''}"
         if isinstance(exc, DBAPIError) and exc.connection_invalidated:
             return SinkUnavailableError(message)
+        if isinstance(orig, UnicodeEncodeError):
+            # A value the driver cannot encode (a lone surrogate from JSON's "\ud800"): the row's fault, raised
+            # before anything reached the database. Retrying it would block the partition for good.
+            return RecordRejectedError(message)
         sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
         if sqlstate:
             return self._by_table(sqlstate_blame(sqlstate), sqlstate, f"{message} (SQLSTATE {sqlstate})")

@@ -233,8 +233,8 @@ class SqlSink:
                         copy.write_row((*values, raw.topic, raw.partition, raw.offset, stamps[raw.timestamp_ms],
                                         record.key))
             except DUMP_ERRORS as exc:
-                if not binary or getattr(exc, "sqlstate", None):
-                    raise  # the server's answer, or text COPY's own refusal: classified by _translated
+                if not binary or getattr(exc, "sqlstate", None) or isinstance(exc, UnicodeEncodeError):
+                    raise  # the server's answer, text COPY's own refusal or a value's: classified by _translated
                 raise NotBinaryCopyable(f"{type(exc).__name__}: {exc}") from exc
         return {topic: int(conn.exec_driver_sql(self._statement, {"topic": topic}).rowcount) for topic in topics}
 
@@ -287,7 +287,7 @@ class SqlSink:
             yield
         except ConsumerError:
             raise
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, UnicodeEncodeError) as exc:  # the last: psycopg's COPY encoding a value
             raise self._classify(exc) from exc
         except Exception as exc:  # the driver's own errors (psycopg.Error from COPY), classified
             if type(exc).__module__.split(".")[0] in ("psycopg", "sqlite3"):

@@ -123,3 +123,10 @@ def test_a_value_the_driver_refuses_before_sending_is_the_rows_fault() -> None:
 def test_an_error_without_a_code_is_transient() -> None:
     orig = psycopg.OperationalError("connection refused")
     assert type(SqlErrorClassifier()(OperationalError("SELECT 1", {}, orig))) is SinkUnavailableError
+
+
+def test_a_value_the_driver_cannot_encode_is_the_rows_fault() -> None:
+    """A lone surrogate (JSON's "\\ud800") fails in the driver's encoding: dead-letter the row, never retry."""
+    with pytest.raises(UnicodeEncodeError) as raised:
+        "\ud800".encode()
+    assert isinstance(SqlErrorClassifier()(raised.value), RecordRejectedError)
