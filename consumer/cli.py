@@ -18,7 +18,8 @@ from types import FrameType
 from consumer import __version__
 from consumer.environment import unknown_settings
 from consumer.errors import ConfigError, PermanentError
-from consumer.observability.logs import configure, secret_values
+from consumer.observability.logs import configure
+from consumer.secrets import Redactor, redacted_output
 from consumer.settings import Settings, load_settings
 
 log = logging.getLogger("consumer")
@@ -71,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # Every line any command prints, its one-line errors included, passes the mask of the logs; the mask
+    # learns the secrets as soon as the settings are loaded.
+    redact = Redactor()
+    with redacted_output(redact, sys):
+        return _main(args, redact)
+
+
+def _main(args: argparse.Namespace, redact: Redactor) -> int:
     try:
         if args.command == "demo":
             from consumer.tools.demo import run_demo
@@ -79,9 +88,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in ("dlq", "produce"):
             from consumer.tools.commands import run_tool
 
-            return run_tool(args)
+            return run_tool(args, redact)
         settings = load_settings()
-        configure(settings.log_level.value, settings.log_format.value, secret_values(settings))
+        redact.learn(settings.secret_values())
+        configure(settings.log_level.value, settings.log_format.value, redact)
         if getattr(args, "worker", None) is None:  # the supervisor warned once for its workers
             warn_unknown_settings()
         if args.command == "config":

@@ -10,7 +10,6 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
-from urllib.parse import unquote
 
 from pydantic import (
     Field,
@@ -25,10 +24,12 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from consumer.cpus import usable_cpus
 from consumer.errors import ConfigError
+from consumer.secrets import MASK, is_secret_property, mask_url, url_secrets, user_info_secrets
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _KEY_SOURCE = re.compile(r"^(key|coordinates|field:[A-Za-z_][A-Za-z0-9_]*|header:\S+)$")
-_SECRET_NAMES = ("KAFKA_SASL_PASSWORD",)
+_SECRET_NAMES = ("KAFKA_SASL_PASSWORD", "SCHEMA_REGISTRY_USER_INFO")
+_URL_NAMES = ("SINK_URL", "SCHEMA_REGISTRY_URL")
 
 class ValueFormat(StrEnum):
     AVRO = "avro"
@@ -117,7 +118,9 @@ class Settings(BaseSettings):
         description="Any other librdkafka property, `.` written `_`: `KAFKA_EXTRA__FETCH_WAIT_MAX_MS=50` sets "
         "`fetch.wait.max.ms`. Applied last, so it overrides the service's own choices "
         "(`queued.max.messages.kbytes=16384`, `fetch.wait.max.ms=100`, `auto.offset.reset=earliest`); a "
-        "property librdkafka refuses exits 2 naming `KAFKA_EXTRA`.",
+        "property librdkafka refuses exits 2 naming `KAFKA_EXTRA`. A property whose name holds `password`, "
+        "`secret`, `key`, `token` or `credential` (but not a `*.location` path), or one of `sasl.jaas.config`, "
+        "`sasl.oauthbearer.config`, `sasl.oauthbearer.extensions`, `ssl.key.pem`, is a secret: shown as `***`.",
     )
     consumer_topics: Annotated[list[str], NoDecode] = Field(
         description="Comma-separated topics to consume."
@@ -147,7 +150,12 @@ class Settings(BaseSettings):
     )
     schema_registry_url: str | None = Field(
         None, description="Confluent-compatible schema registry, `http://` or `https://`; values must then be in "
-        "Confluent wire format (magic byte 0 + 4-byte schema id). It has its own circuit breaker.",
+        "Confluent wire format (magic byte 0 + 4-byte schema id). It has its own circuit breaker. Credentials "
+        "in it (`https://user:password@host`) are sent as HTTP Basic auth and masked.",
+    )
+    schema_registry_user_info: SecretStr | None = Field(
+        None, description="`user:password` for the registry's HTTP Basic auth (Confluent's "
+        "`basic.auth.user.info`); wins over credentials in `SCHEMA_REGISTRY_URL`. Never shown (`***`).",
     )
     value_format: ValueFormat = Field(
         ValueFormat.AVRO, description="How values are encoded: Avro (schemaless with `SCHEMA_FILE`, wire format "
@@ -167,7 +175,7 @@ class Settings(BaseSettings):
     sink_url: str = Field(
         "sqlite:///./data/sink.db",
         description="SQLAlchemy URL of the sink database: `postgresql://...` (psycopg 3) or `sqlite:///<file>`. "
-        "Its password is masked in logs and `/status`.",
+        "Its password (`user:password@`, an empty user `:password@`, or `?password=`) is masked in every output.",
     )
     sink_table: str = Field(
         "events", description="Table written to, a plain SQL identifier; created from the schema if missing."
@@ -178,7 +186,7 @@ class Settings(BaseSettings):
     )
     sink_password_file: FilePath | None = Field(
         None, description="File holding the sink password (a Kubernetes Secret volume); replaces any password in "
-        "`SINK_URL`.",
+        "`SINK_URL`. Its content is masked in every output.",
     )
     sink_max_records_per_second: PositiveInt | None = Field(
         None, description="Optional rate limit towards the sink, records/s: a token bucket of one second's burst; "
@@ -322,38 +330,45 @@ class Settings(BaseSettings):
         return self.dlq_topic or f"{self.consumer_topics[0]}.dlq"
 
     def masked(self) -> dict[str, Any]:
-        """The settings as shown in logs and /status: secrets masked, the sink URL without password."""
+        """Every setting as shown by the start line, /status and `config`: secrets `***` (the SASL password, the
+        registry's user info, secret KAFKA_EXTRA properties), URLs without their passwords."""
         shown: dict[str, Any] = {}
         for name, value in self.model_dump().items():
             env = name.upper()
-            if value is None or env in _SECRET_NAMES:
-                shown[env] = "***" if value is not None else None
-            elif env == "SINK_URL":
-                shown[env] = mask_url_password(str(value))
+            if value is None:
+                shown[env] = None
+            elif env in _SECRET_NAMES:
+                shown[env] = MASK
+            elif env in _URL_NAMES:
+                shown[env] = mask_url(str(value))
+            elif env == "KAFKA_EXTRA":
+                shown[env] = {prop: MASK if is_secret_property(prop) else mask_url(str(setting))
+                              for prop, setting in value.items()}
             else:
                 shown[env] = str(value) if isinstance(value, (Path, StrEnum)) else value
         return shown
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold, for redaction by value: the SASL password, the URLs' passwords,
+        the registry's user info, secret KAFKA_EXTRA values, the sink password file's content."""
+        secrets = url_secrets(self.sink_url) + url_secrets(self.schema_registry_url or "")
+        if self.kafka_sasl_password is not None:
+            secrets.append(self.kafka_sasl_password.get_secret_value())
+        if self.schema_registry_user_info is not None:
+            secrets += user_info_secrets(self.schema_registry_user_info.get_secret_value())
+        secrets += [value for prop, value in self.kafka_extra.items() if is_secret_property(prop)]
+        if self.sink_password_file is not None:
+            try:
+                secrets.append(self.sink_password_file.read_text(encoding="utf-8").strip())
+            except OSError:
+                pass  # unreadable: the sink names SINK_PASSWORD_FILE when it builds its engine
+        return [secret for secret in dict.fromkeys(secrets) if secret]
 
     def require_bootstrap(self) -> str:
         """`run` and `check` need a broker; other commands may not."""
         if not self.kafka_bootstrap_servers:
             raise ConfigError("KAFKA_BOOTSTRAP_SERVERS: required (comma-separated host:port list)")
         return self.kafka_bootstrap_servers
-
-
-# The password of a `scheme://user:password@host` URL (SINK_URL): masked in what is shown, and collected as a
-# secret the log formatter redacts wherever it appears.
-_URL_PASSWORD = re.compile(r"(://[^:/@]+:)([^@]*)@")
-
-
-def mask_url_password(url: str) -> str:
-    return _URL_PASSWORD.sub(r"\1***@", url)
-
-
-def url_password(url: str) -> list[str]:
-    """The password of a `scheme://user:password@host` URL as written and percent-decoded; [] when none."""
-    found = _URL_PASSWORD.search(url)
-    return [found.group(2), unquote(found.group(2))] if found and found.group(2) else []
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -371,7 +386,8 @@ def _describe(exc: ValidationError) -> str:
     if not location and ":" in message:  # cross-field errors name their variable first
         return message
     value = error.get("input")
-    shown = "" if error["type"] == "missing" or isinstance(value, dict) or location in _SECRET_NAMES else (
-        f" (got {str(value)[:80]!r})"
-    )
+    hidden = error["type"] == "missing" or isinstance(value, dict) or location in _SECRET_NAMES
+    hidden = hidden or location.startswith(("KAFKA_EXTRA", "SCHEMA_REGISTRY_USER_INFO"))
+    # a URL is shown without its password, and cut only after masking: a cut must not end inside a secret
+    shown = "" if hidden else f" (got {mask_url(str(value))[:80]!r})"
     return f"{location or 'settings'}: {message}{shown}"

@@ -6,10 +6,10 @@ Built from `Settings` here and nowhere else, so `run`, `check` and the tools rea
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Mapping
 from typing import Any
 
+from consumer.secrets import MASK, is_secret_property
 from consumer.settings import GroupProtocol, Settings
 
 # librdkafka's own log lines go through Python logging (served inside poll), so LOG_FORMAT=json holds for them
@@ -75,16 +75,12 @@ def group_protocol_config(settings: Settings) -> dict[str, Any]:
     }
 
 
-# librdkafka properties whose values are secrets (sasl.password, ssl.key.password, ssl.keystore.password,
-# ssl.key.pem, sasl.oauthbearer.client.secret, sasl.oauthbearer.config, sasl.kerberos.keytab...): masked when
-# shown. When in doubt masked: a hidden path costs a look at the settings, a shown secret costs a rotation.
-_SECRET_PROPERTY = re.compile(r"password|secret|key|token|jaas|oauthbearer\.config|\.pem$")
-
-
+# librdkafka properties whose values are secrets (consumer.secrets.is_secret_property: sasl.password,
+# ssl.key.password, ssl.key.pem, sasl.oauthbearer.client.secret, sasl.kerberos.keytab...) are masked when shown.
 def shown_client_config(config: Mapping[str, Any]) -> dict[str, str]:
     """Client properties as an operator may see them: secrets masked, the Python-side callbacks left out."""
     return {
-        name: "***" if _SECRET_PROPERTY.search(name) else str(value).lower() if isinstance(value, bool) else str(value)
+        name: MASK if is_secret_property(name) else str(value).lower() if isinstance(value, bool) else str(value)
         for name, value in sorted(config.items())
         if isinstance(value, (str, int, float))
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from enum import Enum
 from typing import Any
 
@@ -32,11 +32,17 @@ class _State(Enum):
     FAILED = "failed"
 
 
+def _unchanged(text: str) -> str:
+    return text
+
+
 def dead_letter_headers(
-    letter: DeadLetter, group_id: str, failed_at: dt.datetime
+    letter: DeadLetter, group_id: str, failed_at: dt.datetime, redact: Callable[[str], str] = _unchanged
 ) -> list[tuple[str, str | bytes | None]]:
     """Original headers plus this failure's dlq.* headers. An earlier failure's values of those headers
-    are replaced (its `dlq.attempts` counted on); other headers, `dlq.replay.count` included, stay."""
+    are replaced (its `dlq.attempts` counted on); other headers, `dlq.replay.count` included, stay. The error
+    message is redacted (a driver's message may quote a connection string) before it is cut, so no cut
+    leaves half a secret."""
     record = letter.record
     previous_attempts = 0
     for name, value in record.headers:
@@ -49,7 +55,7 @@ def dead_letter_headers(
         h.ORIGINAL_TIMESTAMP: str(record.timestamp_ms),
         h.STAGE: letter.stage.value,
         h.ERROR_CLASS: letter.error_class,
-        h.ERROR_MESSAGE: letter.message[:2000],
+        h.ERROR_MESSAGE: redact(letter.message)[:2000],
         h.CONSUMER_GROUP: group_id,
         h.FAILED_AT: failed_at.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         h.ATTEMPTS: str(previous_attempts + letter.attempts),
@@ -72,9 +78,11 @@ DEAD_LETTER_LINGER_MS = 5  # dead letters are few and a batch waits for them: ba
 
 class KafkaDeadLetterPublisher:
     def __init__(
-        self, config: Mapping[str, Any], topic: str, group_id: str, clock: Clock, flush_timeout_s: float = 30.0
+        self, config: Mapping[str, Any], topic: str, group_id: str, clock: Clock, flush_timeout_s: float = 30.0,
+        redact: Callable[[str], str] = _unchanged,
     ) -> None:
         self._producer = idempotent_producer(config, linger_ms=DEAD_LETTER_LINGER_MS)
+        self._redact = redact
         self._topic = topic
         self._group_id = group_id
         self._clock = clock
@@ -104,7 +112,7 @@ class KafkaDeadLetterPublisher:
         self._states[coordinates] = _State.PENDING
         blocking_produce(
             self._producer, self._topic, "dead-letter produce", value=letter.record.value, key=letter.record.key,
-            headers=dead_letter_headers(letter, self._group_id, failed_at), on_delivery=delivered,
+            headers=dead_letter_headers(letter, self._group_id, failed_at, self._redact), on_delivery=delivered,
         )
 
     def _await(self, wanted: list[Coordinates]) -> None:

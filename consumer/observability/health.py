@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.clock import Clock
-from consumer.observability.logs import redactor
+from consumer.secrets import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ class HealthServer:
     def __init__(
         self, port: int, registry: CollectorRegistry, state: HealthState, secrets: Iterable[str] = ()
     ) -> None:
-        handler = _handler(registry, state, redactor(secrets))
+        handler = _handler(registry, state, Redactor(secrets))
         self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
@@ -85,13 +85,18 @@ class HealthServer:
 
 class EndpointHandler(BaseHTTPRequestHandler):
     """The plumbing every endpoint server here shares (this one and the WORKERS supervisor's): JSON and
-    raw answers, no access log. `redact` runs over every JSON body."""
+    raw answers, no access log. `redact_value` runs over every JSON body before it is encoded (so escaping
+    cannot hide a secret), `redact` over the encoded text."""
 
     def redact(self, text: str) -> str:
         return text
 
+    def redact_value(self, body: Any) -> Any:
+        return body
+
     def _send_json(self, code: int, body: Any) -> None:
-        self._send(code, self.redact(json.dumps(body, default=str)).encode("utf-8"), "application/json")
+        text = self.redact(json.dumps(self.redact_value(body), default=str))
+        self._send(code, text.encode("utf-8"), "application/json")
 
     def _send(self, code: int, body: bytes, content_type: str) -> None:
         self.send_response(code)
@@ -105,11 +110,14 @@ class EndpointHandler(BaseHTTPRequestHandler):
 
 
 def _handler(
-    registry: CollectorRegistry, state: HealthState, redact: Callable[[str], str]
+    registry: CollectorRegistry, state: HealthState, redact: Redactor
 ) -> type[BaseHTTPRequestHandler]:
     class Handler(EndpointHandler):
         def redact(self, text: str) -> str:
             return redact(text)
+
+        def redact_value(self, body: Any) -> Any:
+            return redact.value(body)
 
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]

@@ -1,6 +1,8 @@
 """Logging set up once, by the CLI: one JSON object per line (LOG_FORMAT=json) or text for people.
 
-Context travels as `extra={...}` fields; payloads and secrets are never passed in.
+Context travels as `extra={...}` fields; payloads and secrets are never passed in. Whatever a library or an
+exception puts into a line anyway is redacted by value (consumer/secrets.py): in the JSON format the message and
+every field before `json.dumps`, so escaping cannot hide a secret, and the encoded line once more after.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from consumer.settings import Settings, url_password
+from consumer.secrets import Redactor
+from consumer.settings import Settings
 
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -22,6 +25,10 @@ def _context(record: logging.LogRecord) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
+    def __init__(self, redact: Redactor | None = None) -> None:
+        super().__init__()
+        self._redact = redact or Redactor()
+
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": dt.datetime.fromtimestamp(record.created, tz=dt.UTC).isoformat(timespec="milliseconds"),
@@ -32,7 +39,7 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str)
+        return self._redact(json.dumps(self._redact.value(line), default=str))
 
 
 class TextFormatter(logging.Formatter):
@@ -58,35 +65,21 @@ class RedactingFormatter(logging.Formatter):
         return self._redact(self._inner.format(record))
 
 
-def redactor(secrets: Iterable[str]) -> Callable[[str], str]:
-    """Replace every occurrence of each secret (longest first) by `***`."""
-    known = sorted({secret for secret in secrets if secret}, key=len, reverse=True)
-
-    def redact(text: str) -> str:
-        for secret in known:
-            text = text.replace(secret, "***")
-        return text
-
-    return redact
+def redactor(secrets: Iterable[str]) -> Redactor:
+    """Replace every occurrence of each secret, in each of its encoded forms, by `***`."""
+    return Redactor(secrets)
 
 
 def secret_values(settings: Settings) -> list[str]:
-    """Every secret the settings hold: the SASL password, the sink URL's password, the password file's text."""
-    secrets = url_password(settings.sink_url)
-    if settings.kafka_sasl_password is not None:
-        secrets.append(settings.kafka_sasl_password.get_secret_value())
-    if settings.sink_password_file is not None:
-        try:
-            secrets.append(settings.sink_password_file.read_text(encoding="utf-8").strip())
-        except OSError:
-            pass  # unreadable: the sink reports it when it builds its engine
-    return [secret for secret in secrets if secret]
+    """Every secret the settings hold (`Settings.secret_values`)."""
+    return settings.secret_values()
 
 
-def configure(level: str, fmt: str, secrets: Iterable[str] = ()) -> None:
+def configure(level: str, fmt: str, secrets: Iterable[str] | Redactor = ()) -> None:
+    redact = secrets if isinstance(secrets, Redactor) else Redactor(secrets)
     handler = logging.StreamHandler(sys.stderr)
-    inner = JsonFormatter() if fmt == "json" else TextFormatter()
-    handler.setFormatter(RedactingFormatter(inner, redactor(secrets)))
+    inner = JsonFormatter(redact) if fmt == "json" else TextFormatter()
+    handler.setFormatter(RedactingFormatter(inner, redact))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -24,11 +24,11 @@ from consumer.kafka.config import consumer_config, dead_letter_producer_config, 
 from consumer.kafka.dead_letters import KafkaDeadLetterPublisher
 from consumer.kafka.source import KafkaSource
 from consumer.observability.health import HealthServer, HealthState
-from consumer.observability.logs import secret_values
 from consumer.observability.metrics import Dependency, Metrics
 from consumer.observability.runner_events import RunnerEvents
 from consumer.observability.status import StatusBoard
 from consumer.roles import Sink
+from consumer.secrets import Redactor
 from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
@@ -81,8 +81,9 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     sink = sql_sink(settings)
     _ensure_dead_letter_topic(kafka_client_config(settings), settings)
     source = KafkaSource(consumer_config(settings), settings.consumer_topics)
+    redact = Redactor(settings.secret_values())
     publisher = KafkaDeadLetterPublisher(dead_letter_producer_config(settings), settings.dead_letter_topic,
-                                         settings.consumer_group_id, clock)
+                                         settings.consumer_group_id, clock, redact=redact)
     _prepare_sink(sink, decoder, health)
     runner = Runner(
         source=source,
@@ -106,7 +107,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
         if settings.batch_target_latency_ms else None,
     )
     metrics.batch_max_records.set(settings.batch_max_records)
-    server = HealthServer(settings.metrics_port, registry, health, secret_values(settings))
+    server = HealthServer(settings.metrics_port, registry, health, settings.secret_values())
     return Application(runner, health, server, metrics, closers=[publisher.close, sink.close])
 
 

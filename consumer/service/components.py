@@ -27,12 +27,19 @@ def value_decoder(settings: Settings) -> tuple[ValueDecoder, list[str] | None]:
     if settings.value_format is ValueFormat.JSON:
         return JsonDecoder(reader), field_names(reader) if reader is not None else None
     if settings.schema_registry_url:
-        registry = SchemaRegistryClient(settings.schema_registry_url)
+        registry = registry_client(settings)
         initial = reader if reader is not None else _latest_registry_schema(registry, settings)
         decoder = RegistryAvroDecoder(registry, reader, initial)
         return decoder, field_names(initial) if initial is not None else None
     assert reader is not None  # Settings requires SCHEMA_FILE for avro without a registry
     return SchemalessAvroDecoder(reader), field_names(reader)
+
+
+def registry_client(settings: Settings, timeout_s: float = 10.0) -> SchemaRegistryClient:
+    """The client of SCHEMA_REGISTRY_URL with its Basic auth (SCHEMA_REGISTRY_USER_INFO, else the URL's)."""
+    user_info = settings.schema_registry_user_info
+    return SchemaRegistryClient(settings.schema_registry_url or "", timeout_s,
+                                user_info.get_secret_value() if user_info is not None else None)
 
 
 def record_decoder(settings: Settings) -> Decoder:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from consumer.decode.registry import SchemaRegistryClient
 from consumer.errors import ConfigError, ConsumerError
 from consumer.kafka.admin import partition_count
 from consumer.kafka.config import kafka_client_config
-from consumer.service.components import record_decoder, sql_sink
+from consumer.service.components import record_decoder, registry_client, sql_sink
 from consumer.settings import Settings
 
 
@@ -21,7 +20,7 @@ def run_check(settings: Settings) -> int:
         ("sink", lambda: _sink_check(settings)),
     ]
     if settings.schema_registry_url:
-        checks.append(("schema registry", lambda: _registry_check(settings.schema_registry_url or "")))
+        checks.append(("schema registry", lambda: _registry_check(settings)))
     failed: list[ConsumerError] = []
     for name, check in checks:
         try:
@@ -55,6 +54,6 @@ def _sink_check(settings: Settings) -> str:
     return "answers"
 
 
-def _registry_check(url: str) -> str:
-    SchemaRegistryClient(url, timeout_s=10).latest("__microbatch_consumer_check__")
+def _registry_check(settings: Settings) -> str:
+    registry_client(settings, timeout_s=10).latest("__microbatch_consumer_check__")
     return "answers"

@@ -15,6 +15,7 @@ from consumer.errors import TransientError
 from consumer.kafka.admin import broker_metadata
 from consumer.kafka.config import kafka_client_config
 from consumer.observability.logs import configure
+from consumer.secrets import Redactor
 from consumer.settings import load_settings
 
 _EXIT_FAILURE = 1
@@ -54,9 +55,11 @@ def add_tool_parsers(commands: Any) -> None:
 _PROBE_TIMEOUT_S = 15.0
 
 
-def run_tool(args: argparse.Namespace) -> int:
-    """Run `dlq inspect|replay` or `produce`; ConfigError and PermanentError propagate to cli.main."""
-    configure("WARNING", "text")
+def run_tool(args: argparse.Namespace, redact: Redactor | None = None) -> int:
+    """Run `dlq inspect|replay` or `produce`; ConfigError and PermanentError propagate to cli.main. `redact`,
+    the mask of cli's output streams, learns the settings' secrets here, where the settings are loaded."""
+    redact = redact if redact is not None else Redactor()
+    configure("WARNING", "text", redact)
     if args.command == "produce":
         from consumer.tools.produce import run_produce, settings_overrides
 
@@ -68,6 +71,7 @@ def run_tool(args: argparse.Namespace) -> int:
 
         settings = load_settings()
         runner = run_inspect if args.dlq_command == "inspect" else run_replay
+    redact.learn(settings.secret_values())
     try:
         # Refused credentials or an untrusted broker certificate: one line naming the setting, exit 2
         broker_metadata(kafka_client_config(settings), _PROBE_TIMEOUT_S)

@@ -306,11 +306,12 @@ def _schema_for(settings: Settings, args: argparse.Namespace, topic: str) -> tup
         if settings.schema_file is None:
             raise ConfigError("SCHEMA_FILE: required by produce (or pass --schema)")
         return load_schema_file(settings.schema_file), None
-    from consumer.decode.registry import SchemaNotFound, SchemaRegistryClient
+    from consumer.decode.registry import SchemaNotFound
+    from consumer.service.components import registry_client
 
     if not settings.schema_registry_url:
         raise ConfigError("SCHEMA_REGISTRY_URL: required by produce --wire-format (or pass --registry-url)")
-    registry = SchemaRegistryClient(settings.schema_registry_url)
+    registry = registry_client(settings)
     try:
         if args.schema_id is not None:
             found = (args.schema_id, registry.schema(args.schema_id))

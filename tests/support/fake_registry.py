@@ -4,10 +4,13 @@ A fake is used only because no real registry can run on the test machines; it sp
 service needs (schema by id, latest version of a subject) with Confluent's paths, bodies and error codes, so
 the service's registry client is exercised over a real socket. `set_available(False)` answers 503 to every
 request, for breaker and retry tests; `requests` lists the paths asked for, for caching tests.
+`require_basic_auth("user:password")` answers 401 to a request without that HTTP Basic `Authorization`, as a
+registry behind Confluent's basic authentication does; `authorizations` lists what each request sent.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import threading
@@ -42,6 +45,8 @@ class FakeSchemaRegistry:
         self._versions: dict[str, list[RegisteredSchema]] = {}
         self._available = True
         self._requests: list[str] = []
+        self._authorizations: list[str | None] = []
+        self._required_authorization: str | None = None
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-registry", daemon=True)
@@ -67,6 +72,17 @@ class FakeSchemaRegistry:
                 versions.append(RegisteredSchema(subject, len(versions) + 1, schema_id, schema_json))
             return schema_id
 
+    @property
+    def authorizations(self) -> list[str | None]:
+        """The `Authorization` header of each request served so far (None when absent), oldest first."""
+        with self._lock:
+            return list(self._authorizations)
+
+    def require_basic_auth(self, user_info: str) -> None:
+        """From now on only requests with HTTP Basic auth of `user:password` are answered; others get 401."""
+        with self._lock:
+            self._required_authorization = "Basic " + base64.b64encode(user_info.encode()).decode()
+
     def set_available(self, available: bool) -> None:
         """While unavailable every request gets 503, as a registry behind a failing load balancer would."""
         with self._lock:
@@ -86,10 +102,13 @@ class FakeSchemaRegistry:
     ) -> None:
         self.close()
 
-    def answer(self, path: str) -> tuple[HTTPStatus, dict[str, Any]]:
+    def answer(self, path: str, authorization: str | None = None) -> tuple[HTTPStatus, dict[str, Any]]:
         """The status and JSON body for a GET of `path` (called from the server's threads)."""
         with self._lock:
             self._requests.append(path)
+            self._authorizations.append(authorization)
+            if self._required_authorization is not None and authorization != self._required_authorization:
+                return HTTPStatus.UNAUTHORIZED, _error(401, "Unauthorized")
             if not self._available:
                 return HTTPStatus.SERVICE_UNAVAILABLE, _error(50003, "Registry unavailable (test fault)")
             if match := _SCHEMA_BY_ID.match(path):
@@ -134,7 +153,7 @@ def _handler_for(registry: FakeSchemaRegistry) -> type[BaseHTTPRequestHandler]:
         protocol_version = "HTTP/1.1"
 
         def do_GET(self) -> None:  # the name http.server dispatches to
-            status, body = registry.answer(self.path.split("?", 1)[0])
+            status, body = registry.answer(self.path.split("?", 1)[0], self.headers.get("Authorization"))
             payload = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", _CONTENT_TYPE)

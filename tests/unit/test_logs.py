@@ -14,7 +14,8 @@ from consumer.observability.logs import (
     redactor,
     secret_values,
 )
-from consumer.settings import load_settings, url_password
+from consumer.secrets import url_secrets as url_password
+from consumer.settings import load_settings
 
 
 def _record(msg: str, **extra: object) -> logging.LogRecord:
