@@ -32,6 +32,7 @@ from psycopg.rows import TupleRow
 
 from .net import free_port
 from .process import stop_process
+from .tls import ServerTls
 
 SUPERUSER = "postgres"
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
@@ -44,6 +45,7 @@ _READY_POLL_S = 0.05
 _CONNECT_TIMEOUT_S = 2  # libpq's minimum; a refused connection fails at once anyway
 _STOP_TIMEOUT_S = 30.0
 _LOG_TAIL_CHARS = 3000
+_TLS_CERT, _TLS_KEY = "server.pem", "server.key"  # in the cluster's folder, beside (not in) the data folder
 
 # Settings that make the server fast and roomy without changing what a client sees. fsync and
 # full_page_writes off only lose data if the OS crashes; synchronous_commit off lets the last ~0.6 s of
@@ -104,6 +106,7 @@ class PostgresCluster:
         log_path: Path | None = None,
         database: str = "test",
         settings: Mapping[str, str] | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         bindir = find_bindir()
         if bindir is None:
@@ -116,6 +119,9 @@ class PostgresCluster:
         self.log_path = log_path if log_path is not None else folder / "postgres.log"
         self.database = database
         self._settings = {**TEST_SERVER_SETTINGS, **(settings or {})}
+        self._tls = tls
+        if tls is not None:
+            self._settings.update(ssl="on", ssl_cert_file=str(folder / _TLS_CERT), ssl_key_file=str(folder / _TLS_KEY))
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -140,6 +146,8 @@ class PostgresCluster:
             return
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()
+            if self._tls is not None:
+                self._install_tls(self._tls)
         self._process = self._spawn(self._server_command())
         try:
             self._wait_ready()
@@ -172,6 +180,23 @@ class PostgresCluster:
             raise PostgresTestbedError(f"initdb took over {_INITDB_TIMEOUT_S:.0f} s: {self.log_tail()}") from None
         if code != 0:
             raise PostgresTestbedError(f"initdb failed (exit {code}): {self.log_tail()}")
+
+    def _install_tls(self, tls: ServerTls) -> None:
+        """The server's certificate and key beside the data folder, owned by the server's user (the key mode
+        0600: PostgreSQL refuses a key others may read), and a pg_hba.conf that accepts TCP only over TLS, so
+        a client that connects at all connected encrypted."""
+        for source, name, mode in ((tls.cert_file, _TLS_CERT, 0o644), (tls.key_file, _TLS_KEY, 0o600)):
+            target = self.folder / name
+            target.write_bytes(source.read_bytes())
+            target.chmod(mode)
+            if self._account is not None:
+                os.chown(target, self._account.uid, self._account.gid)
+        hba = self.data_dir / "pg_hba.conf"
+        hba.write_text("local all all trust\n"
+                       "hostssl all all 127.0.0.1/32 trust\n"
+                       "hostssl all all ::1/128 trust\n"
+                       "hostnossl all all 0.0.0.0/0 reject\n"
+                       "hostnossl all all ::/0 reject\n")
 
     def _server_command(self) -> list[str]:
         settings = {**self._settings, "listen_addresses": "127.0.0.1", "port": str(self.port)}
@@ -236,18 +261,20 @@ def private_postgres(
     log_path: Path | None = None,
     database: str = "test",
     settings: Mapping[str, str] | None = None,
+    tls: ServerTls | None = None,
 ) -> Iterator[PostgresCluster]:
     """A started cluster in a new folder under `base_dir` (default: the system temporary directory), stopped
     and removed on exit.
 
     `log_path` (default: inside the folder, so removed with it) may point anywhere we can write, pytest's
     private temporary folders included, to keep the server log after the run. `settings` are added to, or
-    override, TEST_SERVER_SETTINGS. Raises PostgresTestbedError when the programs are missing or the server
+    override, TEST_SERVER_SETTINGS. With `tls` (ops/testbed/tls.py) the server speaks TLS with that certificate
+    and refuses TCP clients that do not (pg_hba `hostssl` only). Raises PostgresTestbedError when the programs are missing or the server
     does not start.
     """
     folder = _make_folder(base_dir)
     try:
-        cluster = PostgresCluster(folder, log_path=log_path, database=database, settings=settings)
+        cluster = PostgresCluster(folder, log_path=log_path, database=database, settings=settings, tls=tls)
         try:
             cluster.start()
             yield cluster

@@ -32,6 +32,7 @@ from ops.testbed.postgres import (
     postgres_unavailable_reason,
     private_postgres,
 )
+from ops.testbed.tls import ServerTls
 
 from .db import can_connect
 from .kafka import admin
@@ -158,13 +159,14 @@ def postgres_url(log_dir: Path | None = None) -> Iterator[str]:
 
 
 @contextmanager
-def private_postgres_cluster(log_dir: Path | None = None) -> Iterator[PostgresCluster]:
-    """A PostgreSQL cluster of one's own (ops/testbed/postgres.py), for tests that stop and start it; logs to
-    `log_dir/postgres.log` when given. Skips, or fails under REQUIRE_POSTGRES=1, when it cannot start."""
+def private_postgres_cluster(log_dir: Path | None = None, tls: ServerTls | None = None) -> Iterator[PostgresCluster]:
+    """A PostgreSQL cluster of one's own (ops/testbed/postgres.py), for tests that stop and start it or need TLS
+    (`tls`: only TLS clients accepted); logs to `log_dir/postgres.log` when given. Skips, or fails under
+    REQUIRE_POSTGRES=1, when it cannot start."""
     log_path = log_dir / "postgres.log" if log_dir is not None else None
     with ExitStack() as stack:
         try:
-            cluster = stack.enter_context(private_postgres(log_path=log_path))
+            cluster = stack.enter_context(private_postgres(log_path=log_path, tls=tls))
         except PostgresTestbedError as exc:
             unavailable(f"private PostgreSQL did not start: {exc}", "REQUIRE_POSTGRES")
         yield cluster
