@@ -85,5 +85,9 @@ class RecordTooLargeError(DecodeError):
     """The value is larger than MAX_RECORD_BYTES; dead-lettered without decoding."""
 
 
+class DecodeLimitError(DecodeError):
+    """The value would nest deeper, hold more items or decode larger than the DECODE_MAX_* limits allow."""
+
+
 class MissingKeyError(RecordInvalidError):
     """The record's idempotency key source is missing, null or empty."""

@@ -164,6 +164,20 @@ class Settings(BaseSettings):
     max_record_bytes: PositiveInt = Field(
         1048576, description="Larger values are dead-lettered (stage `decode`) without decoding, bytes."
     )
+    decode_max_depth: PositiveInt = Field(
+        64, description="Deepest nesting (records, arrays and maps; JSON objects and arrays) one value may have; "
+        "a deeper value is dead-lettered (stage `decode`, `DecodeLimitError`) before it is decoded.",
+    )
+    decode_max_items: PositiveInt = Field(
+        1048576, description="Most array items plus map entries one Avro value may hold; more is dead-lettered "
+        "(stage `decode`, `DecodeLimitError`) before it is decoded.",
+    )
+    decode_max_expansion: PositiveInt = Field(
+        32, description="An Avro value's decoded size (estimated, in memory) may be at most this many times "
+        "`MAX_RECORD_BYTES`; a larger one is dead-lettered (stage `decode`, `DecodeLimitError`) before it is "
+        "decoded. Checked for values of risky writer schemas (recursive, or arrays of items that take zero "
+        "bytes) and for values long enough to reach it.",
+    )
     idempotency_key: str = Field(
         "coordinates",
         description="Where each record's idempotency key (the table's primary key `_idempotency_key`) comes "

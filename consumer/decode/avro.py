@@ -14,8 +14,11 @@ from fastavro import schemaless_reader
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException
 
+from consumer.decode.avro_risk import AvroNode, analyse
+from consumer.decode.avro_scan import check_value
 from consumer.decode.decoder import convert
 from consumer.decode.keys import Fields
+from consumer.decode.limits import DEFAULT_LIMITS, DecodeLimits
 from consumer.decode.registry import SchemaNotFound, SchemaRegistryClient
 from consumer.decode.schema import (
     AvroSchema,
@@ -26,18 +29,40 @@ from consumer.decode.schema import (
     merge_columns,
     reading_uuids_as_text,
 )
-from consumer.errors import DecodeError
+from consumer.errors import ConfigError, DecodeError
 from consumer.records import ColumnSpec
 
-# What fastavro raises on bytes that are not a value of the schema (truncated, garbage, bad utf-8).
+# What fastavro raises on bytes that are not a value of the schema (truncated, garbage, bad utf-8), and what a
+# value that slipped past the limits could still make it raise (a recursion or an allocation refused).
 _AVRO_DATA_ERRORS = (
     EOFError, ValueError, IndexError, KeyError, TypeError, OverflowError, struct.error, SchemaResolutionError,
+    RecursionError, MemoryError,
 )
 _WIRE_MAGIC = 0
 _WIRE_HEADER = 5  # magic byte + 4-byte big-endian schema id
 
 
-def _read_avro(value: bytes, start: int, writer: AvroSchema, reader: AvroSchema | None) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class _Guard:
+    """How values of one writer schema are checked before fastavro reads them: longer than `scan_above`
+    bytes (-1 for a risky schema: every value), the scanner walks them against the limits first."""
+
+    root: AvroNode
+    scan_above: int
+    limits: DecodeLimits
+
+    @classmethod
+    def of(cls, writer: AvroSchema, limits: DecodeLimits) -> _Guard:
+        """ValueError when the schema cannot be analysed."""
+        risk = analyse(writer)
+        return cls(risk.root, risk.scan_above(limits), limits)
+
+
+def _read_avro(
+    value: bytes, start: int, writer: AvroSchema, reader: AvroSchema | None, guard: _Guard
+) -> dict[str, Any]:
+    if len(value) > guard.scan_above:  # the one comparison a safe schema's ordinary value costs
+        check_value(value, start, guard.root, guard.limits)
     buffer = io.BytesIO(value)
     buffer.seek(start)
     try:
@@ -54,13 +79,18 @@ def _read_avro(value: bytes, start: int, writer: AvroSchema, reader: AvroSchema 
 class SchemalessAvroDecoder:
     """Values written with `schemaless_writer` and the SCHEMA_FILE schema (no header)."""
 
-    def __init__(self, schema: AvroSchema) -> None:
+    def __init__(self, schema: AvroSchema, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+        """ConfigError naming SCHEMA_FILE when the schema cannot be analysed."""
+        try:
+            self._guard = _Guard.of(schema, limits)
+        except ValueError as exc:
+            raise ConfigError(f"SCHEMA_FILE: {exc}") from None
         self._schema = reading_uuids_as_text(schema)
         self._columns = columns_of(schema)
         self._converters = cell_converters(self._columns, float_free_fields(schema))
 
     def decode(self, value: bytes) -> tuple[Fields, dict[str, Any]]:
-        row = convert(_read_avro(value, 0, self._schema, None), self._converters)
+        row = convert(_read_avro(value, 0, self._schema, None, self._guard), self._converters)
         return row, row
 
     def columns(self) -> list[ColumnSpec]:
@@ -71,6 +101,7 @@ class SchemalessAvroDecoder:
 class _WriterSchema:
     writer: AvroSchema
     converters: Mapping[str, Converter]
+    guard: _Guard
 
 
 class RegistryAvroDecoder:
@@ -82,9 +113,11 @@ class RegistryAvroDecoder:
     """
 
     def __init__(
-        self, registry: SchemaRegistryClient, reader: AvroSchema | None, initial: AvroSchema | None = None
+        self, registry: SchemaRegistryClient, reader: AvroSchema | None, initial: AvroSchema | None = None,
+        limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
         self._registry = registry
+        self._limits = limits
         self._reader_columns = columns_of(reader) if reader is not None else None
         self._reader_float_free = float_free_fields(reader) if reader is not None else None
         self._reader = reading_uuids_as_text(reader) if reader is not None else None  # as values are read
@@ -100,7 +133,7 @@ class RegistryAvroDecoder:
             raise DecodeError("not Confluent wire format (magic byte 0 and a 4-byte schema id)")
         schema_id = int.from_bytes(value[1:_WIRE_HEADER], "big")
         entry = self._writers.get(schema_id) or self._load(schema_id)
-        row = convert(_read_avro(value, _WIRE_HEADER, entry.writer, self._reader), entry.converters)
+        row = convert(_read_avro(value, _WIRE_HEADER, entry.writer, self._reader, entry.guard), entry.converters)
         return row, row
 
     def columns(self) -> list[ColumnSpec]:
@@ -114,15 +147,16 @@ class RegistryAvroDecoder:
     def _load_locked(self, schema_id: int) -> _WriterSchema:
         try:
             writer = _fastavro_parse(self._registry.schema(schema_id), named_schemas={})
+            guard = _Guard.of(writer, self._limits)
+            columns = self._reader_columns if self._reader_columns is not None else columns_of(writer)
+            float_free = self._reader_float_free if self._reader_float_free is not None else float_free_fields(writer)
         except SchemaNotFound:
             raise DecodeError(f"schema id {schema_id} is not in the registry") from None
-        except (SchemaParseException, ValueError, TypeError) as exc:
-            raise DecodeError(f"schema id {schema_id} cannot be parsed: {exc}") from None
-        columns = self._reader_columns if self._reader_columns is not None else columns_of(writer)
-        float_free = self._reader_float_free if self._reader_float_free is not None else float_free_fields(writer)
+        except (SchemaParseException, ValueError, TypeError, KeyError, RecursionError) as exc:
+            raise DecodeError(f"schema id {schema_id} cannot be parsed: {type(exc).__name__}: {exc}") from None
         writer = reading_uuids_as_text(writer)
         if self._reader is None:
             self._columns = merge_columns(self._columns, columns)
-        entry = _WriterSchema(writer, cell_converters(columns, float_free))
+        entry = _WriterSchema(writer, cell_converters(columns, float_free), guard)
         self._writers[schema_id] = entry
         return entry

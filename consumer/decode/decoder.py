@@ -1,10 +1,12 @@
 """Decoding a batch: raw values into rows with their idempotency keys, through one `ValueDecoder` (Avro in
 consumer.decode.avro, JSON in consumer.decode.json_values). Poison is set aside with its reason, never raised
-past here; tombstones are counted.
+past here; tombstones are counted. One record's failure, whatever a library raised on its bytes, is that
+record's dead letter; only a dependency's failure (the registry down) leaves as a TransientError.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,8 +14,22 @@ from typing import Any, Protocol
 
 from consumer.decode.keys import Fields, KeyOf
 from consumer.decode.schema import Converter
-from consumer.errors import MissingKeyError, PoisonRecordError, RecordTooLargeError
+from consumer.errors import (
+    MissingKeyError,
+    PoisonRecordError,
+    RecordTooLargeError,
+    TransformError,
+)
 from consumer.records import ColumnSpec, DeadLetter, DecodedRecord, RawRecord, Stage
+
+# What a library may raise on one hostile value (a recursion or an allocation too deep or too large, bad
+# UTF-8 or a lone surrogate, a number out of range, bytes that are no value): that record's failure, never the
+# batch's. An error of ours (a ConsumerError) or anything else keeps its meaning; a wave of these is held by
+# the dead-letter guard, not written off.
+VALUE_FAILURES = (
+    ArithmeticError, LookupError, ValueError, TypeError, AttributeError, EOFError, RecursionError, MemoryError,
+    struct.error,
+)
 
 
 class ValueDecoder(Protocol):
@@ -28,9 +44,16 @@ class ValueDecoder(Protocol):
 
 
 def convert(row: dict[str, Any], converters: Mapping[str, Converter]) -> dict[str, Any]:
-    """The decoded value's fields made into the row's cells, in place (only columns that need it)."""
+    """The decoded value's fields made into the row's cells, in place (only columns that need it). Whatever a
+    converter raises on this one value (a lone surrogate, a number too large, a value nested too deeply for
+    the JSON encoder) is this record's TransformError."""
     for name, to_cell in converters.items():
-        row[name] = to_cell(row.get(name))
+        try:
+            row[name] = to_cell(row.get(name))
+        except PoisonRecordError:
+            raise
+        except VALUE_FAILURES as exc:
+            raise TransformError(f"field {name!r}: {type(exc).__name__}: {exc}") from None
     return row
 
 
@@ -70,6 +93,10 @@ class Decoder:
                     raise MissingKeyError(f"idempotency key ({self._key_spec}) is missing, null or empty")
             except PoisonRecordError as exc:
                 out.dead_letters.append(DeadLetter(raw, Stage(exc.stage), type(exc).__name__, str(exc)))
+            except VALUE_FAILURES as exc:  # a library's failure on this one value's bytes is this record's
+                out.dead_letters.append(
+                    DeadLetter(raw, Stage.DECODE, type(exc).__name__, f"{type(exc).__name__}: {exc}")
+                )
             else:
                 out.decoded.append(DecodedRecord(raw, key, row))
         return out

@@ -7,6 +7,7 @@ from typing import Any
 
 from consumer.decode.decoder import convert
 from consumer.decode.keys import Fields
+from consumer.decode.limits import DEFAULT_LIMITS, DecodeLimits
 from consumer.decode.schema import (
     AvroSchema,
     cell_converters,
@@ -14,14 +15,15 @@ from consumer.decode.schema import (
     field_names,
     to_json_text,
 )
-from consumer.errors import DecodeError
+from consumer.errors import DecodeError, DecodeLimitError
 from consumer.records import ColumnKind, ColumnSpec
 
 
 class JsonDecoder:
     """JSON objects; with SCHEMA_FILE one column per field, without it one `value` JSON column."""
 
-    def __init__(self, schema: AvroSchema | None) -> None:
+    def __init__(self, schema: AvroSchema | None, limits: DecodeLimits = DEFAULT_LIMITS) -> None:
+        self._max_depth = limits.max_depth
         self._columns = columns_of(schema) if schema is not None else [ColumnSpec("value", ColumnKind.JSON, True)]
         self._names = field_names(schema) if schema is not None else None
         self._converters = cell_converters(self._columns)
@@ -31,6 +33,10 @@ class JsonDecoder:
             obj = json.loads(value)
         except (ValueError, RecursionError) as exc:
             raise DecodeError(f"not valid JSON: {exc}") from None
+        # Python's json parses (and the JSON cell encoder writes) by recursion: bound the nesting. Fewer
+        # brackets than the limit cannot nest deeper, so an ordinary value costs two byte counts.
+        if value.count(b"[") + value.count(b"{") > self._max_depth and _deeper_than(obj, self._max_depth):
+            raise DecodeLimitError(f"JSON value nested deeper than DECODE_MAX_DEPTH={self._max_depth}")
         if not isinstance(obj, dict):
             raise DecodeError(f"JSON value is a {type(obj).__name__}, not an object")
         if self._names is None:
@@ -40,3 +46,18 @@ class JsonDecoder:
 
     def columns(self) -> list[ColumnSpec]:
         return self._columns
+
+
+def _deeper_than(obj: Any, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels, walked with an explicit stack (no recursion)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in item)
+    return False

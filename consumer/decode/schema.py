@@ -34,7 +34,7 @@ def load_schema_file(path: Path) -> AvroSchema:
     """Parse an .avsc file; a broken one is a configuration error naming SCHEMA_FILE."""
     try:
         return parse_schema(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError, SchemaParseException) as exc:
+    except (OSError, ValueError, SchemaParseException, RecursionError) as exc:
         raise ConfigError(f"SCHEMA_FILE: cannot read Avro schema {str(path)!r}: {exc}") from None
 
 

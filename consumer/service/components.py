@@ -11,6 +11,7 @@ from consumer.decode.avro import RegistryAvroDecoder, SchemalessAvroDecoder
 from consumer.decode.decoder import Decoder, ValueDecoder
 from consumer.decode.json_values import JsonDecoder
 from consumer.decode.keys import key_source
+from consumer.decode.limits import DecodeLimits
 from consumer.decode.registry import SchemaRegistryClient
 from consumer.decode.schema import AvroSchema, field_names, load_schema_file, parse_schema
 from consumer.errors import ConfigError, TransientError
@@ -24,15 +25,22 @@ log = logging.getLogger(__name__)
 def value_decoder(settings: Settings) -> tuple[ValueDecoder, list[str] | None]:
     """The value decoder and the field names known at start (None when the fields are not known)."""
     reader: AvroSchema | None = load_schema_file(settings.schema_file) if settings.schema_file else None
+    limits = decode_limits(settings)
     if settings.value_format is ValueFormat.JSON:
-        return JsonDecoder(reader), field_names(reader) if reader is not None else None
+        return JsonDecoder(reader, limits), field_names(reader) if reader is not None else None
     if settings.schema_registry_url:
         registry = registry_client(settings)
         initial = reader if reader is not None else _latest_registry_schema(registry, settings)
-        decoder = RegistryAvroDecoder(registry, reader, initial)
+        decoder = RegistryAvroDecoder(registry, reader, initial, limits)
         return decoder, field_names(initial) if initial is not None else None
     assert reader is not None  # Settings requires SCHEMA_FILE for avro without a registry
-    return SchemalessAvroDecoder(reader), field_names(reader)
+    return SchemalessAvroDecoder(reader, limits), field_names(reader)
+
+
+def decode_limits(settings: Settings) -> DecodeLimits:
+    """DECODE_MAX_DEPTH, DECODE_MAX_ITEMS and DECODE_MAX_EXPANSION x MAX_RECORD_BYTES, for the decoders."""
+    return DecodeLimits.of(settings.decode_max_depth, settings.decode_max_items, settings.decode_max_expansion,
+                           settings.max_record_bytes)
 
 
 def registry_client(settings: Settings, timeout_s: float = 10.0) -> SchemaRegistryClient:
