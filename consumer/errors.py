@@ -30,6 +30,11 @@ class SinkUnavailableError(TransientError):
     """The database is down, the connection was lost, or it timed out (never a reason to dead-letter)."""
 
 
+class WriteCancelledError(TransientError):
+    """Our own stop cancelled the write in progress (SHUTDOWN_TIMEOUT_MS ran out): not an outage and not the
+    rows' fault. Its transaction rolled back and its offsets stay uncommitted, so the next owner replays it."""
+
+
 class PermanentError(ConsumerError):
     """The service cannot go on."""
 

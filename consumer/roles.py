@@ -70,6 +70,11 @@ class Sink(Protocol):
     def ping(self) -> None:
         """Answer when the database does; raises like `write`."""
 
+    def cancel(self) -> None:
+        """Called from another thread (a stop that ran out of time): ask the database to abandon the `write`
+        in progress, which then rolls back and raises WriteCancelledError. Returns within seconds, also when
+        the database does not answer; does nothing when no write is running."""
+
     def close(self) -> None: ...
 
 

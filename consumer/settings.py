@@ -222,8 +222,10 @@ class Settings(BaseSettings):
     # --- Resilience --------------------------------------------------------------------------------
     shutdown_timeout_ms: PositiveInt = Field(
         30000, description="On SIGTERM/SIGINT, time to finish and commit the batch in hand, ms; when it runs out "
-        "the process exits 1 and those records stay uncommitted (the next owner replays them). A revoke waits "
-        "as long for the batches in hand to be written and committed.",
+        "the process exits 1 and those records stay uncommitted (the next owner replays them). A write still "
+        "in the database then is cancelled (PostgreSQL: a server-side cancel; SQLite: interrupted) and waited "
+        "for 2 s more at most, so a stop takes at most this timeout plus a few seconds. A revoke waits as long "
+        "for the batches in hand to be written and committed (it does not cancel).",
     )
     retry_backoff_initial_ms: PositiveInt = Field(
         200, description="First backoff after a transient failure, ms; exponential with full jitter."

@@ -96,7 +96,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
                                              settings.breaker_reset_timeout_ms / 1000, clock)
                   for dependency in Dependency},
         backoff=Backoff(settings.retry_backoff_initial_ms / 1000, settings.retry_backoff_max_ms / 1000),
-        executor=SinkThread(),
+        executor=SinkThread(cancel=sink.cancel),
         observer=RunnerEvents(metrics, health, status, clock),
         clock=clock,
         shutdown_timeout_s=settings.shutdown_timeout_ms / 1000,

@@ -25,6 +25,10 @@ class SinkExecutor(Protocol):
     def wait(self, future: Future[BatchResult], timeout_s: float) -> None:
         """Return once `future` is done or `timeout_s` has passed, whichever comes first."""
 
+    def cancel_running(self) -> None:
+        """Ask the write running now, if any, to give up (the sink's `cancel`); it then ends with
+        WriteCancelledError. Returns within seconds; the write itself may take a moment more to end."""
+
     def shutdown(self) -> None:
         """Take no more writes; one still running is not waited for."""
 
@@ -34,9 +38,11 @@ class SinkThread:
     interpreter exit, so a write hung in the database (a lock wait, a peer gone silent) kept the process
     alive after the shutdown timeout had given up on it. Left behind at exit, the write's transaction is
     rolled back when its connection drops; its offsets were never committed, so it is replayed, as after
-    a kill."""
+    a kill. `cancel` is the sink's (Sink.cancel): a stop that ran out of time cancels the write first, so its
+    transaction does not outlive us holding locks until the database notices we are gone."""
 
-    def __init__(self) -> None:
+    def __init__(self, cancel: Callable[[], None] = lambda: None) -> None:
+        self._cancel = cancel
         self._writes: queue.SimpleQueue[tuple[Write, Future[BatchResult]] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name="sink", daemon=True)
         self._thread.start()
@@ -48,6 +54,9 @@ class SinkThread:
 
     def wait(self, future: Future[BatchResult], timeout_s: float) -> None:
         wait([future], timeout=timeout_s)
+
+    def cancel_running(self) -> None:
+        self._cancel()
 
     def shutdown(self) -> None:
         self._writes.put(None)

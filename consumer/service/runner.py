@@ -52,6 +52,9 @@ _IN_FLIGHT_POLL_S = 0.02  # longest poll while a batch is in the sink: bounds ho
 # wait (a slow or absent database) pauses the partitions and polls to keep the group membership. A
 # rebalance callback waits at most this long, far below any max.poll.interval.ms.
 _UNPAUSED_WAIT_S = 1.0
+# A stop that ran out of time cancels the write in the database and waits this long more for it to roll
+# back; one the cancel cannot reach (a peer gone silent) is left to the sink's daemon thread.
+_CANCELLED_WRITE_GRACE_S = 2.0
 
 
 class Phase(Enum):
@@ -131,7 +134,8 @@ class Runner:
 
     def shut_down(self) -> int:
         """Finish and commit what is in hand within the shutdown timeout, then close the source: 0 when
-        nothing was left uncommitted or the guard held, 1 when the timeout ran out first."""
+        nothing was left uncommitted or the guard held, 1 when the timeout ran out first (a write still
+        in the database is then cancelled, and never collected: uncommitted, it is the next owner's)."""
         self._see_stop()
         self._observer.stop_requested()
         if self._phase is Phase.RUNNING:
@@ -140,6 +144,7 @@ class Runner:
         uncommitted = not held and bool(self._hand or self._offsets.pending())
         self._phase = Phase.STOPPED
         if uncommitted:
+            self._cancel_stuck_write()
             self._observer.stop_timed_out()
         self._source.close()
         if not uncommitted:
@@ -326,6 +331,16 @@ class Runner:
                 until = min(self._seconds_until_may_try(), deadline - self._clock.monotonic())
                 self._clock.sleep(max(0.0, until))
         return not self._hand
+
+    def _cancel_stuck_write(self) -> None:
+        """Cancel a write still in the database (a lock wait, a hung connection), so its transaction rolls
+        back now rather than holding its locks, and the keys the next owner replays, until the database
+        notices we are gone; then wait for it only briefly (_CANCELLED_WRITE_GRACE_S)."""
+        in_flight = self._hand.in_flight
+        if in_flight is None or in_flight.future.done():
+            return
+        self._executor.cancel_running()
+        self._executor.wait(in_flight.future, _CANCELLED_WRITE_GRACE_S)
 
     def _deadline(self) -> float:
         """The shutdown timeout from now, or once the stop was seen, from then."""

@@ -134,3 +134,10 @@ class SqlErrorClassifier:
             self._warned.add(code)
         log.warning("database error code with no decided class: blaming the rows (bisected, dead-lettered "
                     "with stage sink)", extra={"sqlstate": code, "error": message})
+
+
+def is_cancellation(exc: BaseException) -> bool:
+    """Whether the statement ended because it was cancelled (SQLSTATE 57014 query_canceled, SQLite's
+    SQLITE_INTERRUPT): ours when the sink had asked for it, else someone else's (statement_timeout, an
+    operator's pg_cancel_backend), which stays transient like the rest of class 57."""
+    return error_code(exc) in ("57014", "SQLITE_INTERRUPT")

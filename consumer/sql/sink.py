@@ -12,19 +12,21 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import operator
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumer.errors import ConsumerError, FatalError, RecordRejectedError
+from consumer.errors import ConsumerError, FatalError, RecordRejectedError, WriteCancelledError
 from consumer.records import ColumnSpec, DecodedRecord, WriteResult
 from consumer.sql.columns import KEY_COLUMN, META_COLUMNS, column_type, meta_columns
-from consumer.sql.errors import SqlErrorClassifier
+from consumer.sql.errors import SqlErrorClassifier, is_cancellation
 from consumer.sql.postgres import (
     BINARY_COPYABLE,
     DUMP_ERRORS,
@@ -36,6 +38,10 @@ from consumer.sql.postgres import (
 )
 
 log = logging.getLogger(__name__)
+
+# How long `cancel` waits for PostgreSQL to take a cancel request (it opens a connection of its own); a
+# server that does not answer in time is not waited for: the stop is bounded, the write left behind.
+_CANCEL_TIMEOUT_S = 2.0
 
 
 def _timestamp(ms: int) -> dt.datetime | None:
@@ -79,6 +85,10 @@ class SqlSink:
         self._prepared: frozenset[ColumnSpec] | None = None
         self._statement: Any = None
         self._classify = SqlErrorClassifier()
+        # The driver connection of the transaction running now, for `cancel` on another thread.
+        self._running_lock = threading.Lock()
+        self._running: Any = None
+        self._cancel_requested = False
 
     # --- schema --------------------------------------------------------------------------------------
     def prepare(self, columns: Sequence[ColumnSpec]) -> None:
@@ -183,7 +193,7 @@ class SqlSink:
         return WriteResult(attempted={t: len(g) for t, g in by_topic.items()}, written=written)
 
     def _write_once(self, records: Sequence[DecodedRecord], by_topic: dict[str, list[DecodedRecord]]) -> dict[str, int]:
-        with self._translated(), self._engine.begin() as conn:
+        with self._translated(), self._engine.begin() as conn, self._cancellable(conn):
             if self._postgres:
                 return self._write_postgres(conn, records, list(by_topic))
             return {topic: self._write_sqlite(conn, group) for topic, group in by_topic.items()}
@@ -277,6 +287,35 @@ class SqlSink:
         with self._translated(), self._engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))
 
+    def cancel(self) -> None:
+        with self._running_lock:
+            driver = self._running
+            if driver is None:
+                return
+            self._cancel_requested = True
+        log.warning("cancelling the write in progress")
+        if not self._postgres:
+            # Stops a running statement. SQLite's wait for another writer's lock (the 30 s busy timeout) does not
+            # see it: that write is left on the sink's daemon thread, and nothing of it was written.
+            driver.interrupt()
+            return
+        try:
+            driver.cancel_safe(timeout=_CANCEL_TIMEOUT_S)  # a server-side cancel: 57014 on the write's connection
+        except psycopg.Error as exc:  # the server is unreachable too: the write is left behind, bounded anyway
+            log.warning("could not cancel the write in progress", extra={"error": f"{type(exc).__name__}: {exc}"})
+
+    @contextmanager
+    def _cancellable(self, conn: Connection) -> Iterator[None]:
+        """Let `cancel` reach this transaction's connection while it runs."""
+        with self._running_lock:
+            self._running = conn.connection.driver_connection
+            self._cancel_requested = False
+        try:
+            yield
+        finally:
+            with self._running_lock:
+                self._running = None
+
     def close(self) -> None:
         self._engine.dispose()
 
@@ -288,8 +327,14 @@ class SqlSink:
         except ConsumerError:
             raise
         except (SQLAlchemyError, OSError, UnicodeEncodeError) as exc:  # the last: psycopg's COPY encoding a value
-            raise self._classify(exc) from exc
+            raise self._ours(exc) from exc
         except Exception as exc:  # the driver's own errors (psycopg.Error from COPY), classified
             if type(exc).__module__.split(".")[0] in ("psycopg", "sqlite3"):
-                raise self._classify(exc) from exc
+                raise self._ours(exc) from exc
             raise
+
+    def _ours(self, exc: BaseException) -> ConsumerError:
+        """A cancellation we asked for is not the database's failure nor the rows'; anything else is classified."""
+        if self._cancel_requested and is_cancellation(exc):
+            return WriteCancelledError(f"write cancelled by the stop: {type(exc).__name__}")
+        return self._classify(exc)

@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from fakeclock import FakeClock
 
 from consumer.decode.decoder import DecodedBatch
+from consumer.errors import WriteCancelledError
 from consumer.records import Batch, BatchResult, CommitOutcome, RawRecord, TopicCounts, TopicPartition
 from consumer.roles import RebalanceListener
 from consumer.service.pipeline import Collapsed, Decoded
@@ -195,6 +196,7 @@ class StepExecutor:
         self.during_wait: deque[Callable[[], None]] = deque()
         self.submitted = 0
         self.shut = False
+        self.cancels = 0
 
     @property
     def running(self) -> int:
@@ -221,6 +223,13 @@ class StepExecutor:
             self.finish()
         if not future.done():
             self._clock.advance(timeout_s)
+
+    def cancel_running(self) -> None:
+        """As the sink's cancel does: the write running now ends with WriteCancelledError."""
+        self.cancels += 1
+        if self._writes:
+            _write, future = self._writes.popleft()
+            future.set_exception(WriteCancelledError("write cancelled by the stop"))
 
     def shutdown(self) -> None:
         self.shut = True

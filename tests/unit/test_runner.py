@@ -436,6 +436,29 @@ def test_a_stop_while_a_write_hangs_gives_up_at_the_shutdown_timeout_and_exits_1
     assert _inside(stepped.source.calls, "on_revoked") == []
 
 
+def test_a_stop_that_gives_up_on_a_hung_write_cancels_it_and_never_counts_the_cancel_as_a_sink_failure(
+    stepped: Stepped,
+) -> None:
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()  # the write hangs in the database
+    stepped.stop.set()
+    assert stepped.runner.shut_down() == 1
+    assert stepped.executor.cancels == 1
+    assert stepped.source.commits == [] and stepped.source.closed
+    assert stepped.metric("consumer_sink_retries_total", error_class="WriteCancelledError") is None
+    assert stepped.metric("consumer_circuit_breaker_state", dependency="sink") == 0
+    assert stepped.metric("consumer_batches_total", outcome="committed") == 0
+
+
+def test_a_stop_with_every_write_collected_cancels_nothing(stepped: Stepped) -> None:
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()
+    stepped.stop.set()
+    stepped.executor.finish_when_waited = True
+    assert stepped.runner.shut_down() == 0
+    assert stepped.executor.cancels == 0
+
+
 def test_a_stop_while_the_guard_holds_closes_at_once_and_commits_nothing_more(stepped: Stepped) -> None:
     stepped.pipeline.failures[2] = [GuardTrippedError("too many dead letters")]
     stepped.source.feed(P0, 2 * BATCH + 10)
