@@ -1,0 +1,124 @@
+"""Hostile values through the real service on the real broker (issue 14, point 1): a deeply recursive value
+(which crashed the interpreter in fastavro's C reader: exit 139, no log line) and an array of items that take
+zero bytes announcing 2**60 of them in 11 bytes (which spun holding the GIL, or allocated gigabytes) are
+dead-lettered with stage `decode`; the service stays live and ready throughout, the good records around them
+land exactly once, a fresh group reading everything again does not stop on them either, and SIGTERM exits 0.
+
+The writer schema is a SCHEMA_FILE written by the test: recursive, with an `array<null>` field.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+from support.db import count_rows
+from support.kafka import Msg, committed_offsets, read_all
+from support.runs import service_env, setup_topic
+from support.service import ServiceProcess
+from support.waiting import wait_until
+
+StartService = Callable[..., ServiceProcess]
+
+HOSTILE_SCHEMA = {
+    "type": "record", "name": "Hostile", "namespace": "test.security",
+    "fields": [
+        {"name": "id", "type": "string"},
+        {"name": "next", "type": ["null", "Hostile"]},
+        {"name": "flags", "type": {"type": "array", "items": "null"}},
+    ],
+}
+GOOD_BEFORE, GOOD_AFTER = 100, 100
+DEEP_LEVELS = 50_000  # fastavro's C reader overflowed the C stack from about 10,000
+
+
+def _long(n: int) -> bytes:
+    zigzag, out = (n << 1) ^ (n >> 63), bytearray()
+    while zigzag > 0x7F:
+        out.append((zigzag & 0x7F) | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
+
+
+def _text(value: str) -> bytes:
+    data = value.encode()
+    return _long(len(data)) + data
+
+
+def deep_value(levels: int) -> bytes:
+    """`levels` records each holding the next: (id, branch 1) per level, then the last's null and empty
+    flags, then each enclosing record's empty flags."""
+    return (_text("deep") + _long(1) + (_text("") + _long(1)) * (levels - 1) + _text("") + _long(0) + _long(0)
+            + _long(0) * levels)
+
+
+def zero_byte_items_value() -> bytes:
+    """id, next null, then one block announcing 2**60 nulls (zero bytes each) and the end block."""
+    return _text("zero") + _long(0) + _long(2**60) + _long(0)
+
+
+def good_value(schema: Any, i: int) -> bytes:
+    nested = {"id": f"inner-{i}", "next": None, "flags": []} if i % 2 else None
+    buffer = io.BytesIO()
+    fastavro.schemaless_writer(buffer, schema, {"id": f"good-{i}", "next": nested, "flags": [None] * (i % 3)})
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("sink_url", ["sqlite"], indirect=True)
+def test_hostile_values_are_dead_lettered_while_the_service_stays_live_and_ready(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+    tmp_path: Path,
+) -> None:
+    schema_path = tmp_path / "hostile.avsc"
+    schema_path.write_text(json.dumps(HOSTILE_SCHEMA), encoding="utf-8")
+    schema = fastavro.parse_schema(HOSTILE_SCHEMA)
+    hostile = [deep_value(DEEP_LEVELS), zero_byte_items_value()]
+    topic, writer = setup_topic(kafka_bootstrap, make_topic, partitions=1)
+    writer.send([Msg(value=good_value(schema, i)) for i in range(GOOD_BEFORE)])
+    writer.send([Msg(value=value) for value in hostile])
+    writer.send([Msg(value=good_value(schema, i)) for i in range(GOOD_BEFORE, GOOD_BEFORE + GOOD_AFTER)])
+
+    def run_until_everything_is_committed(group: str) -> ServiceProcess:
+        running = service(service_env(kafka_bootstrap, topic, group, sink_url, sink_table, key="field:id",
+                                      SCHEMA_FILE=str(schema_path), BATCH_MAX_RECORDS="50"))
+        running.wait_ready()
+
+        def committed_while_live_and_ready() -> dict[int, int]:
+            assert running.running, running.log_tail()
+            assert running.http_get("/healthz")[0] == 200, running.log_tail()
+            assert running.http_get("/readyz")[0] == 200, running.log_tail()
+            return dict(committed_offsets(kafka_bootstrap, group, topic, 1))
+
+        wait_until(committed_while_live_and_ready, 120, f"committed offsets == {writer.end_offsets}",
+                   interval_s=0.25, until=lambda got: got == writer.end_offsets)
+        return running
+
+    first = run_until_everything_is_committed(unique("group"))
+    assert count_rows(sink_url, sink_table) == GOOD_BEFORE + GOOD_AFTER
+    assert first.metric_sum("consumer_records_total", outcome="dlq") == len(hostile)
+    letters = read_all(kafka_bootstrap, f"{topic}.dlq", expected=len(hostile))
+    assert [letter.value for letter in letters] == hostile
+    for letter in letters:
+        assert letter.headers["dlq.stage"] == b"decode"
+        assert letter.headers["dlq.error.class"] == b"DecodeLimitError"
+    assert b"DECODE_MAX_DEPTH=64" in letters[0].headers["dlq.error.message"]
+    assert b"DECODE_MAX_ITEMS=1048576" in letters[1].headers["dlq.error.message"]
+    assert first.terminate() == 0
+
+    # A new group reads everything again: the hostile records stop nothing this time either, and the good
+    # records are not written twice.
+    again = run_until_everything_is_committed(unique("group"))
+    assert count_rows(sink_url, sink_table) == GOOD_BEFORE + GOOD_AFTER
+    assert len(read_all(kafka_bootstrap, f"{topic}.dlq", expected=2 * len(hostile))) == 2 * len(hostile)
+    assert again.terminate() == 0
