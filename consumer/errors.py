@@ -96,3 +96,9 @@ class DecodeLimitError(DecodeError):
 
 class MissingKeyError(RecordInvalidError):
     """The record's idempotency key source is missing, null or empty."""
+
+
+class SchemaRejectedError(RecordInvalidError):
+    """A writer schema whose fields cannot become the table's columns (a name too long or not a plain
+    identifier, a decimal beyond the database's precision, too many columns, a metadata column's name, or a
+    new field under SINK_SCHEMA_EVOLUTION=none): its records are dead-lettered; nothing of it is merged."""

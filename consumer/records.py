@@ -50,6 +50,18 @@ class ColumnSpec:
     scale: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ColumnLimits:
+    """What the sink's database takes from a value schema, as plain numbers: consumer.sql chooses them,
+    consumer.decode checks schemas against them (it knows no SQL)."""
+
+    max_name_bytes: int
+    max_decimal_precision: int
+    max_columns: int  # value columns, the sink's metadata columns not counted
+    reserved_names: frozenset[str]  # the metadata columns, compared case-insensitively
+    reserved_prefix: str  # names the sink may add metadata columns under later
+
+
 class Stage(StrEnum):
     """Where a record failed; the `dlq.stage` header."""
 

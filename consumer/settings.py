@@ -41,6 +41,11 @@ class WriteMode(StrEnum):
     UPSERT = "upsert"
 
 
+class SchemaEvolution(StrEnum):
+    ADD_COLUMNS = "add-columns"
+    NONE = "none"
+
+
 class LogFormat(StrEnum):
     JSON = "json"
     TEXT = "text"
@@ -201,6 +206,17 @@ class Settings(BaseSettings):
     sink_password_file: FilePath | None = Field(
         None, description="File holding the sink password (a Kubernetes Secret volume); replaces any password in "
         "`SINK_URL`. Its content is masked in every output.",
+    )
+    sink_schema_evolution: SchemaEvolution = Field(
+        SchemaEvolution.ADD_COLUMNS, description="What a registry writer schema with a field the table lacks does "
+        "(without `SCHEMA_FILE`): `add-columns` adds a nullable column for it; `none` adds nothing and dead-letters "
+        "that schema's records with stage `validate` (`SchemaRejectedError`). The columns are those known at start "
+        "(the subject's latest schema), else those of the first writer schema seen.",
+    )
+    sink_max_columns: int = Field(
+        1000, ge=1, le=1595, description="Most value columns a schema may give the table (the five metadata "
+        "columns not counted; PostgreSQL allows 1600 in all). A writer schema that would pass it is dead-lettered "
+        "with stage `validate`; a `SCHEMA_FILE` that does is a configuration error.",
     )
     sink_max_records_per_second: PositiveInt | None = Field(
         None, description="Optional rate limit towards the sink, records/s: a token bucket of one second's burst; "

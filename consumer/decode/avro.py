@@ -16,6 +16,7 @@ from fastavro.schema import SchemaParseException
 
 from consumer.decode.avro_risk import AvroNode, analyse
 from consumer.decode.avro_scan import check_value
+from consumer.decode.column_rules import ColumnRules
 from consumer.decode.decoder import convert
 from consumer.decode.keys import Fields
 from consumer.decode.limits import DEFAULT_LIMITS, DecodeLimits
@@ -26,10 +27,9 @@ from consumer.decode.schema import (
     cell_converters,
     columns_of,
     float_free_fields,
-    merge_columns,
     reading_uuids_as_text,
 )
-from consumer.errors import ConfigError, DecodeError
+from consumer.errors import ConfigError, DecodeError, SchemaRejectedError
 from consumer.records import ColumnSpec
 
 # What fastavro raises on bytes that are not a value of the schema (truncated, garbage, bad utf-8), and what a
@@ -109,21 +109,25 @@ class RegistryAvroDecoder:
 
     Writer schemas come from the registry by id (cached); with a reader schema (SCHEMA_FILE) values are
     resolved against it, so producers may evolve their schema; without one, the table follows the
-    writers and a new optional field adds a nullable column.
+    writers and a new optional field adds a nullable column, when `rules` admit the writer's columns (a writer
+    schema they refuse has its records dead-lettered, stage `validate`, and adds nothing).
     """
 
     def __init__(
-        self, registry: SchemaRegistryClient, reader: AvroSchema | None, initial: AvroSchema | None = None,
-        limits: DecodeLimits = DEFAULT_LIMITS,
+        self, registry: SchemaRegistryClient, reader: AvroSchema | None, rules: ColumnRules,
+        initial: AvroSchema | None = None, limits: DecodeLimits = DEFAULT_LIMITS,
     ) -> None:
+        """`reader` and `initial` are schemas the caller has checked against `rules` already."""
         self._registry = registry
         self._limits = limits
+        self._rules = rules
         self._reader_columns = columns_of(reader) if reader is not None else None
         self._reader_float_free = float_free_fields(reader) if reader is not None else None
         self._reader = reading_uuids_as_text(reader) if reader is not None else None  # as values are read
         base = reader if reader is not None else initial
         self._columns: dict[str, ColumnSpec] = {c.name: c for c in columns_of(base)} if base else {}
         self._writers: dict[int, _WriterSchema] = {}
+        self._refused: dict[int, str] = {}  # schema id -> why: asked once, refused for every record
         # The runner decodes the next batch on the polling thread while the worker may decode another:
         # loading a new schema id (and growing the columns) happens under this lock, once per id.
         self._loading = threading.Lock()
@@ -142,21 +146,40 @@ class RegistryAvroDecoder:
     def _load(self, schema_id: int) -> _WriterSchema:
         with self._loading:
             loaded = self._writers.get(schema_id)
-            return loaded if loaded is not None else self._load_locked(schema_id)
+            if loaded is not None:
+                return loaded
+            refused = self._refused.get(schema_id)
+            if refused is not None:
+                raise SchemaRejectedError(refused)
+            return self._load_locked(schema_id)
 
     def _load_locked(self, schema_id: int) -> _WriterSchema:
         try:
             writer = _fastavro_parse(self._registry.schema(schema_id), named_schemas={})
             guard = _Guard.of(writer, self._limits)
-            columns = self._reader_columns if self._reader_columns is not None else columns_of(writer)
-            float_free = self._reader_float_free if self._reader_float_free is not None else float_free_fields(writer)
+            is_record = isinstance(writer, dict) and writer.get("type") == "record"
+            writer_columns = columns_of(writer) if is_record else None
+            float_free = self._reader_float_free if self._reader_float_free is not None else (
+                float_free_fields(writer) if is_record else frozenset())
         except SchemaNotFound:
             raise DecodeError(f"schema id {schema_id} is not in the registry") from None
         except (SchemaParseException, ValueError, TypeError, KeyError, RecursionError) as exc:
             raise DecodeError(f"schema id {schema_id} cannot be parsed: {type(exc).__name__}: {exc}") from None
-        writer = reading_uuids_as_text(writer)
-        if self._reader is None:
-            self._columns = merge_columns(self._columns, columns)
-        entry = _WriterSchema(writer, cell_converters(columns, float_free), guard)
+        try:
+            columns = self._admitted_columns(writer_columns)
+        except SchemaRejectedError as exc:
+            self._refused[schema_id] = f"schema id {schema_id} refused: {exc}"
+            raise SchemaRejectedError(self._refused[schema_id]) from None
+        entry = _WriterSchema(reading_uuids_as_text(writer), cell_converters(columns, float_free), guard)
         self._writers[schema_id] = entry
         return entry
+
+    def _admitted_columns(self, writer_columns: list[ColumnSpec] | None) -> list[ColumnSpec]:
+        """The columns a writer's values fill; without a reader schema the table's columns grow by the
+        writer's new fields, if the rules admit them all (else nothing changes)."""
+        if writer_columns is None:
+            raise SchemaRejectedError("the value schema is not an Avro record")
+        if self._reader_columns is not None:
+            return self._reader_columns
+        self._columns = self._rules.admit(self._columns, writer_columns)
+        return writer_columns

@@ -39,7 +39,11 @@ def load_schema_file(path: Path) -> AvroSchema:
 
 
 def parse_schema(schema: Any) -> AvroSchema:
-    parsed = fastavro.parse_schema(schema)
+    """A record schema parsed; ValueError for anything else (fastavro's own errors included)."""
+    try:
+        parsed = fastavro.parse_schema(schema)
+    except (SchemaParseException, TypeError, AttributeError) as exc:
+        raise ValueError(str(exc)) from None
     if not isinstance(parsed, dict) or parsed.get("type") != "record":
         raise ValueError("the value schema must be an Avro record")
     return parsed

@@ -8,14 +8,16 @@ from __future__ import annotations
 import logging
 
 from consumer.decode.avro import RegistryAvroDecoder, SchemalessAvroDecoder
+from consumer.decode.column_rules import ColumnRules
 from consumer.decode.decoder import Decoder, ValueDecoder
 from consumer.decode.json_values import JsonDecoder
 from consumer.decode.keys import key_source
 from consumer.decode.limits import DecodeLimits
 from consumer.decode.registry import SchemaRegistryClient
-from consumer.decode.schema import AvroSchema, field_names, load_schema_file, parse_schema
-from consumer.errors import ConfigError, TransientError
-from consumer.settings import Settings, ValueFormat, WriteMode
+from consumer.decode.schema import AvroSchema, columns_of, field_names, load_schema_file, parse_schema
+from consumer.errors import ConfigError, SchemaRejectedError, TransientError
+from consumer.settings import SchemaEvolution, Settings, ValueFormat, WriteMode
+from consumer.sql.columns import column_limits
 from consumer.sql.engine import create_sink_engine
 from consumer.sql.sink import SqlSink
 
@@ -24,14 +26,15 @@ log = logging.getLogger(__name__)
 
 def value_decoder(settings: Settings) -> tuple[ValueDecoder, list[str] | None]:
     """The value decoder and the field names known at start (None when the fields are not known)."""
-    reader: AvroSchema | None = load_schema_file(settings.schema_file) if settings.schema_file else None
+    rules = column_rules(settings)
+    reader: AvroSchema | None = _schema_file(settings, rules)
     limits = decode_limits(settings)
     if settings.value_format is ValueFormat.JSON:
         return JsonDecoder(reader, limits), field_names(reader) if reader is not None else None
     if settings.schema_registry_url:
         registry = registry_client(settings)
-        initial = reader if reader is not None else _latest_registry_schema(registry, settings)
-        decoder = RegistryAvroDecoder(registry, reader, initial, limits)
+        initial = reader if reader is not None else _latest_registry_schema(registry, settings, rules)
+        decoder = RegistryAvroDecoder(registry, reader, rules, initial, limits)
         return decoder, field_names(initial) if initial is not None else None
     assert reader is not None  # Settings requires SCHEMA_FILE for avro without a registry
     return SchemalessAvroDecoder(reader, limits), field_names(reader)
@@ -50,6 +53,26 @@ def registry_client(settings: Settings, timeout_s: float = 10.0) -> SchemaRegist
                                 user_info.get_secret_value() if user_info is not None else None)
 
 
+def column_rules(settings: Settings) -> ColumnRules:
+    """What a value schema may ask of the table: the sink database's limits, SINK_MAX_COLUMNS and
+    SINK_SCHEMA_EVOLUTION."""
+    return ColumnRules(column_limits(settings.sink_max_columns),
+                       add_columns=settings.sink_schema_evolution is SchemaEvolution.ADD_COLUMNS)
+
+
+def _schema_file(settings: Settings, rules: ColumnRules) -> AvroSchema | None:
+    """SCHEMA_FILE parsed and its columns checked: it is ours, so a column the table cannot take is a
+    configuration error (exit 2), not a record's failure."""
+    if settings.schema_file is None:
+        return None
+    reader = load_schema_file(settings.schema_file)
+    try:
+        rules.check(columns_of(reader))
+    except SchemaRejectedError as exc:
+        raise ConfigError(f"SCHEMA_FILE: {exc}") from None
+    return reader
+
+
 def record_decoder(settings: Settings) -> Decoder:
     """A batch's records into rows with their IDEMPOTENCY_KEY; ConfigError when the key names no field."""
     values, fields = value_decoder(settings)
@@ -64,7 +87,9 @@ def sql_sink(settings: Settings) -> SqlSink:
                    typed_values=settings.value_format is ValueFormat.AVRO)
 
 
-def _latest_registry_schema(registry: SchemaRegistryClient, settings: Settings) -> AvroSchema | None:
+def _latest_registry_schema(
+    registry: SchemaRegistryClient, settings: Settings, rules: ColumnRules
+) -> AvroSchema | None:
     subject = f"{settings.consumer_topics[0]}-value"
     try:
         latest = registry.latest(subject)
@@ -75,6 +100,11 @@ def _latest_registry_schema(registry: SchemaRegistryClient, settings: Settings) 
     if latest is None:
         return None
     try:
-        return parse_schema(latest[1])
-    except ValueError as exc:
-        raise ConfigError(f"SCHEMA_REGISTRY_URL: latest schema of {subject} is not usable: {exc}") from None
+        schema = parse_schema(latest[1])
+        rules.check(columns_of(schema))
+    except (ValueError, SchemaRejectedError) as exc:
+        # Any producer may register it: its records are dead-lettered when they come, the start goes on.
+        log.warning("latest registry schema not usable; columns follow the first records",
+                    extra={"subject": subject, "error": str(exc)})
+        return None
+    return schema

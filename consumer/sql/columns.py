@@ -8,10 +8,29 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
-from consumer.records import ColumnKind, ColumnSpec
+from consumer.records import ColumnKind, ColumnLimits, ColumnSpec
 
 KEY_COLUMN = "_idempotency_key"
 META_COLUMNS = ("_kafka_topic", "_kafka_partition", "_kafka_offset", "_kafka_timestamp", KEY_COLUMN)
+META_PREFIX = "_kafka_"
+# PostgreSQL's limits, applied to every dialect so a schema that fits one fits all: identifiers of at most
+# NAMEDATALEN - 1 bytes (longer ones are silently truncated), numeric precision up to 1000, and at most 1600
+# columns in a table, our metadata columns included (SINK_MAX_COLUMNS stays below it).
+MAX_IDENTIFIER_BYTES = 63
+MAX_DECIMAL_PRECISION = 1000
+MAX_TABLE_COLUMNS = 1600
+MAX_VALUE_COLUMNS = MAX_TABLE_COLUMNS - len(META_COLUMNS)
+
+
+def column_limits(max_value_columns: int) -> ColumnLimits:
+    """What a value schema may ask of the table (checked by consumer.decode.column_rules)."""
+    return ColumnLimits(
+        max_name_bytes=MAX_IDENTIFIER_BYTES,
+        max_decimal_precision=MAX_DECIMAL_PRECISION,
+        max_columns=min(max_value_columns, MAX_VALUE_COLUMNS),
+        reserved_names=frozenset(META_COLUMNS),
+        reserved_prefix=META_PREFIX,
+    )
 
 
 def column_type(column: ColumnSpec) -> sa.types.TypeEngine[Any]:

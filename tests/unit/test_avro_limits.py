@@ -16,6 +16,7 @@ import pytest
 from consumer.decode import avro as avro_module
 from consumer.decode.avro import RegistryAvroDecoder, SchemalessAvroDecoder
 from consumer.decode.avro_risk import analyse
+from consumer.decode.column_rules import ColumnRules
 from consumer.decode.decoder import Decoder
 from consumer.decode.json_values import JsonDecoder
 from consumer.decode.keys import Fields, key_source
@@ -25,6 +26,7 @@ from consumer.errors import ConfigError, DecodeError, DecodeLimitError, Registry
 from consumer.records import ColumnKind, ColumnSpec, RawRecord, Stage
 from consumer.service.components import decode_limits
 from consumer.settings import Settings, load_settings
+from consumer.sql.columns import column_limits
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 NODE = {"type": "record", "name": "Node", "fields": [
@@ -223,8 +225,11 @@ class _OneSchemaRegistry(SchemaRegistryClient):
         return self._schema
 
 
+_RULES = ColumnRules(column_limits(1000))
+
+
 def test_a_registry_writer_schema_is_analysed_when_loaded() -> None:
-    decoder = RegistryAvroDecoder(_OneSchemaRegistry(NODE), None, limits=DecodeLimits(max_depth=5))
+    decoder = RegistryAvroDecoder(_OneSchemaRegistry(NODE), None, _RULES, limits=DecodeLimits(max_depth=5))
     header = b"\x00" + (7).to_bytes(4, "big")
     assert decoder.decode(header + deep_node(5))[0]["id"] == 1
     with pytest.raises(DecodeLimitError, match="DECODE_MAX_DEPTH=5"):
@@ -236,7 +241,7 @@ def test_a_registry_schema_too_deep_to_parse_is_the_records_decode_error() -> No
     for level in range(5000):
         schema = {"type": "array", "items": schema}
     decoder = RegistryAvroDecoder(_OneSchemaRegistry({"type": "record", "name": "D", "fields": [
-        {"name": "x", "type": schema}]}), None)
+        {"name": "x", "type": schema}]}), None, _RULES)
     with pytest.raises(DecodeError, match="schema id 7 cannot be parsed: .*(RecursionError|nested too deeply)"):
         decoder.decode(b"\x00" + (7).to_bytes(4, "big") + long_bytes(0))
 
