@@ -420,6 +420,8 @@ def _describe(exc: ValidationError) -> str:
     value = error.get("input")
     hidden = error["type"] == "missing" or isinstance(value, dict) or location in _SECRET_NAMES
     hidden = hidden or location.startswith(("KAFKA_EXTRA", "SCHEMA_REGISTRY_USER_INFO"))
+    # a URL too malformed to find its password in (`postgresql:/user:pw@host`) is not shown at all
+    hidden = hidden or (location in _URL_NAMES and "://" not in str(value))
     # a URL is shown without its password, and cut only after masking: a cut must not end inside a secret
     shown = "" if hidden else f" (got {mask_url(str(value))[:80]!r})"
     return f"{location or 'settings'}: {message}{shown}"

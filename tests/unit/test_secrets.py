@@ -119,6 +119,13 @@ def test_a_bad_setting_is_named_without_the_url_password(monkeypatch: pytest.Mon
     assert "SCHEMA_REGISTRY_URL" in str(info.value) and "registry-url-pw" not in str(info.value)
 
 
+def test_a_url_too_malformed_to_mask_is_not_shown(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SINK_URL", "postgresql:/app:typo-pw@db/x")  # one slash: no password to find
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value).startswith("SINK_URL: must be") and "typo-pw" not in str(info.value)
+
+
 def _encoded_forms(secret: str) -> list[str]:
     from urllib.parse import quote
 
