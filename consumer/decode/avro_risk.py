@@ -38,22 +38,20 @@ class AvroNode:
     """One Avro type of the writer schema. `children`: record fields, union branches, or the one item type of
     an array or map. `size`: a fixed's size or an enum's symbol count. The rest is filled by `analyse`."""
 
-    __slots__ = ("children", "cost", "depth", "kind", "min_bytes", "size", "total_cost", "zero_width")
+    __slots__ = ("byte_cost", "children", "cost", "depth", "kind", "leaf", "min_bytes", "size", "total_cost",
+                 "zero_width")
 
     def __init__(self, kind: int, size: int = 0, logical: bool = False) -> None:
         self.kind = kind
         self.children: list[AvroNode] = []
         self.size = size
+        self.leaf = kind not in (RECORD, ARRAY, MAP, UNION)  # read whole without looking at another node
         self.cost = LOGICAL_COST if logical else _OWN_COST[kind] + (size if kind == FIXED else 0)
+        self.byte_cost = _BYTE_COST.get(kind, 0)  # estimated Python bytes per byte of a string's or bytes' content
         self.min_bytes = 0  # fewest bytes a value of this type takes
         self.zero_width = False  # every value of this type takes zero bytes (null, fixed 0, record of those)
         self.depth = 0  # nesting levels (records, arrays, maps) of a value, when not recursive
         self.total_cost = 0  # estimated Python bytes of the smallest value, children included
-
-    @property
-    def byte_cost(self) -> int:
-        """Estimated Python bytes per byte of a string's or bytes' content."""
-        return _BYTE_COST.get(self.kind, 0)
 
 
 @dataclass(frozen=True, slots=True)
