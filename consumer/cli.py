@@ -27,29 +27,68 @@ log = logging.getLogger("consumer")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 _EPILOG = """examples:
-  CONSUMER_TOPICS=events SCHEMA_FILE=schemas/event.avsc KAFKA_BOOTSTRAP_SERVERS=localhost:9092 consumer run
+  CONSUMER_TOPICS=events SCHEMA_FILE={schema} KAFKA_BOOTSTRAP_SERVERS=localhost:9092 consumer run
   consumer check            # validate settings, reach the broker, the sink and the schema; exit 0/1
-  consumer config           # every setting, its value and where it came from (environment, .env, default)
-  consumer demo --records 2000
+  consumer demo --records 2000      # needs the demo extra: pip install 'microbatch-consumer[demo]'
   consumer dlq inspect --stage sink      # why records were dead-lettered; `dlq replay` puts them back
   consumer produce --count 10000 --poison-ratio 0.01
-settings are environment variables (or a .env file); docs/configuration.md lists every one."""
+settings are environment variables (or a .env file); docs/configuration.md lists every one.
+{schema} is the example schema shipped with the package."""
+
+# The settings a first `run` or `check` needs, in the order an operator fills them in, with their defaults from
+# Settings itself; docs/configuration.md has them all.
+_SETTINGS_THAT_MATTER = (
+    ("KAFKA_BOOTSTRAP_SERVERS", "brokers, host:port[,host:port] (required)"),
+    ("CONSUMER_TOPICS", "topics to read, comma-separated (required)"),
+    ("CONSUMER_GROUP_ID", "consumer group, the same for every replica"),
+    ("SCHEMA_FILE", "reader Avro schema (.avsc); or SCHEMA_REGISTRY_URL"),
+    ("SCHEMA_REGISTRY_URL", "a Confluent-compatible registry (wire-format values)"),
+    ("VALUE_FORMAT", "avro or json"),
+    ("IDEMPOTENCY_KEY", "a row's unique key: field:<name>, header:<name>, key or coordinates"),
+    ("SINK_URL", "postgresql://user@host/db or sqlite:///<file>"),
+    ("SINK_TABLE", "created from the schema, or evolved, at start"),
+    ("SINK_WRITE_MODE", "insert (first write wins) or upsert (highest offset wins)"),
+    ("DLQ_TOPIC", "dead-letter topic (default <first topic>.dlq)"),
+    ("METRICS_PORT", "/metrics, /healthz, /readyz, /status"),
+    ("SHUTDOWN_TIMEOUT_MS", "on SIGTERM, time to finish the batch in hand"),
+    ("WORKERS", "processes in the same group, or auto (one per CPU)"),
+)
+
+
+def _settings_epilog(command: str) -> str:
+    """The `--help` epilog of `run` and `check`: the settings that matter, with an example."""
+    from consumer.tools.examples import example_schema
+
+    lines = ["settings that matter (environment variables or a .env file; docs/configuration.md lists all):"]
+    for name, meaning in _SETTINGS_THAT_MATTER:
+        field = Settings.model_fields[name.lower()]
+        shown = None if field.is_required() else getattr(field.default, "value", field.default)
+        lines.append(f"  {name:<24} {meaning}" + (f" (default {shown})" if shown is not None else ""))
+    lines += [
+        "example:",
+        f"  KAFKA_BOOTSTRAP_SERVERS=localhost:9092 CONSUMER_TOPICS=events SCHEMA_FILE={example_schema()} \\",
+        "  IDEMPOTENCY_KEY=field:event_id SINK_URL=postgresql://consumer@localhost/events SINK_TABLE=events \\",
+        f"  consumer {command}",
+    ]
+    return "\n".join(lines)
 
 
 def _parser() -> argparse.ArgumentParser:
+    from consumer.tools.examples import example_schema
+
     parser = argparse.ArgumentParser(
         prog="consumer", description="Kafka micro-batches into a SQL table, exactly once in effect.",
-        epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=_EPILOG.format(schema=example_schema()), formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="consume, batch, sink, commit until SIGTERM/SIGINT",
-                              epilog="example: consumer run", formatter_class=argparse.RawDescriptionHelpFormatter)
+                              epilog=_settings_epilog("run"), formatter_class=argparse.RawDescriptionHelpFormatter)
     # internal, set by the WORKERS > 1 supervisor on the processes it starts (consumer/workers/supervisor.py)
     run.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     run.add_argument("--worker-metrics-port", type=int, help=argparse.SUPPRESS)
     commands.add_parser("check", help="validate configuration and connectivity; exit 0 ok, 1 not, 2 config",
-                        epilog="example: consumer check")
+                        epilog=_settings_epilog("check"), formatter_class=argparse.RawDescriptionHelpFormatter)
     from consumer.tools.config import CONFIG_EPILOG, configure_config
 
     configure_config(commands.add_parser(

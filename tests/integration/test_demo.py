@@ -47,6 +47,16 @@ def test_demo_exits_0_and_its_summary_counts_add_up(tmp_path: Path) -> None:
     assert "demo: committed" in done.stderr  # plain progress lines: stderr is not a terminal
 
 
+def test_demo_leaves_nothing_in_the_temporary_folder(tmp_path: Path) -> None:
+    """Its files (the SQLite database, the broker's log) stay under ./data; the temporary folder stays empty."""
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    done = run_cli(["demo", "--records", "50"], {**_no_broker_env(), "TMPDIR": str(temporary)}, tmp_path / "work")
+    assert done.returncode == 0, done.stderr
+    assert list(temporary.iterdir()) == []
+    assert (tmp_path / "work" / DEMO_DB).is_file() and (tmp_path / "work" / "data" / "demo-broker.log").is_file()
+
+
 def test_demo_text_summary_without_a_terminal(tmp_path: Path) -> None:
     done = run_cli(["demo", "--records", "100"], _no_broker_env(), tmp_path)
     assert done.returncode == 0, done.stderr
