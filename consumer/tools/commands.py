@@ -25,6 +25,7 @@ def add_tool_parsers(commands: Any) -> None:
     """Add the tools' subcommands to cli's `add_subparsers()` result."""
     from consumer.tools.dlq_inspect import INSPECT_EPILOG, configure_inspect
     from consumer.tools.dlq_replay import REPLAY_EPILOG, configure_replay
+    from consumer.tools.examples import ALL_TYPES_SCHEMA, EVENT_SCHEMA, example_schema
     from consumer.tools.produce import PRODUCE_EPILOG, configure_produce
 
     raw = argparse.RawDescriptionHelpFormatter
@@ -48,7 +49,9 @@ def add_tool_parsers(commands: Any) -> None:
         "produce", help="load generator: random valid events of any Avro schema, with poison and duplicates",
         description="Produce random valid events from an Avro schema, with poison, duplicates and tombstones "
                     "at chosen ratios; prints what it produced and the end offsets.",
-        epilog=PRODUCE_EPILOG, formatter_class=raw,
+        epilog=PRODUCE_EPILOG.format(event_schema=example_schema(EVENT_SCHEMA),
+                                     all_types_schema=example_schema(ALL_TYPES_SCHEMA)),
+        formatter_class=raw,
     ))
 
 

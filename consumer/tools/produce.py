@@ -245,12 +245,14 @@ def _finish(producer: Producer, errors: list[KafkaError]) -> None:
 # --- command line ------------------------------------------------------------------------------------
 
 PRODUCE_EPILOG = """examples:
-  consumer produce --schema schemas/event.avsc --topic events --count 10000
+  consumer produce --schema {event_schema} --topic events --count 10000
+  consumer produce --schema {all_types_schema} --topic types --count 100   # every Avro type
   consumer produce --topic events --rate 500 --duration 60 --poison-ratio 0.01 --duplicate-ratio 0.05
   consumer produce --topic events --wire-format --registry-url http://localhost:8081 --schema-id 3
   consumer produce --count 100 --format json | jq .end_offsets
 defaults come from the service settings: --topic from CONSUMER_TOPICS, --schema from SCHEMA_FILE,
---registry-url from SCHEMA_REGISTRY_URL. Without --schema-id, wire format takes the latest <topic>-value."""
+--registry-url from SCHEMA_REGISTRY_URL. Without --schema-id, wire format takes the latest <topic>-value.
+Both schemas above are the examples shipped with the package."""
 
 
 def _ratio(text: str) -> float:

@@ -99,15 +99,16 @@ def _consumer(installed: Path, *args: str, cwd: Path) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=60, check=False)
 
 
-@pytest.mark.parametrize("command", ["run", "check"])
-def test_the_help_example_names_a_schema_inside_the_installed_package(
-    installed: Path, tmp_path: Path, command: str
+@pytest.mark.parametrize("command", [["run"], ["check"], ["produce"], []])
+def test_the_help_examples_name_schemas_inside_the_installed_package(
+    installed: Path, tmp_path: Path, command: list[str]
 ) -> None:
-    done = _consumer(installed, command, "--help", cwd=tmp_path)
+    done = _consumer(installed, *command, "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    schema = re.search(r"SCHEMA_FILE=(\S+)", done.stdout)
-    assert schema is not None, done.stdout
-    assert Path(schema.group(1)).is_file() and Path(schema.group(1)).is_relative_to(installed)
+    schemas = re.findall(r"(?:SCHEMA_FILE=|--schema )(\S+\.avsc)", done.stdout)
+    assert schemas, done.stdout
+    for schema in map(Path, schemas):
+        assert schema.is_file() and schema.is_relative_to(installed), schema
 
 
 def test_demo_without_its_extra_prints_the_install_hint_and_exits_2(installed: Path, tmp_path: Path) -> None:
