@@ -47,13 +47,17 @@ def broker_metadata(config: Mapping[str, Any], timeout_s: float, topic: str | No
                 raise BrokerUnavailableError(f"kafka: no broker answered in {timeout_s:.0f} s: {reason}") from None
 
 
-def ensure_topic(config: Mapping[str, Any], topic: str, partitions: int, timeout_s: float = 15.0) -> None:
-    """Create `topic` if it does not exist (the dead-letter topic); an existing topic is left alone."""
+def ensure_topic(
+    config: Mapping[str, Any], topic: str, partitions: int, timeout_s: float = 15.0,
+    topic_config: Mapping[str, str] | None = None,
+) -> None:
+    """Create `topic` with `topic_config` if it does not exist (the dead-letter topic); an existing topic is
+    left alone."""
     metadata = broker_metadata(config, timeout_s)
     if topic in metadata.topics and metadata.topics[topic].error is None:
         return
     admin = AdminClient(dict(config))  # held while the future runs: a collected client ends the request
-    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions)], request_timeout=timeout_s)
+    futures = admin.create_topics([NewTopic(topic, num_partitions=partitions, config=dict(topic_config or {}))], request_timeout=timeout_s)
     try:
         futures[topic].result(timeout=timeout_s)
         log.info("created topic", extra={"topic": topic, "partitions": partitions})

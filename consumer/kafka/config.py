@@ -58,9 +58,22 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+# Room for the key, the original headers and ours above MAX_RECORD_BYTES in the producer's message.max.bytes
+# and the dead-letter topic's max.message.bytes; a letter larger still loses its value, not the service.
+DEAD_LETTER_HEADROOM_BYTES = 64 * 1024
+
+
+def dead_letter_max_bytes(settings: Settings) -> int:
+    """message.max.bytes of the dead-letter producer, max.message.bytes of a dead-letter topic we create:
+    librdkafka's default (1,000,000) is below MAX_RECORD_BYTES' (1 MiB)."""
+    return settings.max_record_bytes + DEAD_LETTER_HEADROOM_BYTES
+
+
 def dead_letter_producer_config(settings: Settings) -> dict[str, Any]:
-    """The dead-letter publisher's client: the shared properties, logging through Python like the consumer."""
-    return {**kafka_client_config(settings), "logger": logging.getLogger(KAFKA_LOGGER)}
+    """The dead-letter publisher's client: the shared properties (a KAFKA_EXTRA__MESSAGE_MAX_BYTES wins),
+    room for the largest record, logging through Python like the consumer."""
+    return {"message.max.bytes": dead_letter_max_bytes(settings), **kafka_client_config(settings),
+            "logger": logging.getLogger(KAFKA_LOGGER)}
 
 
 def group_protocol_config(settings: Settings) -> dict[str, Any]:

@@ -20,7 +20,12 @@ from consumer.clock import Clock, SystemClock
 from consumer.decode.decoder import Decoder
 from consumer.errors import TransientError
 from consumer.kafka.admin import ensure_topic, partition_count
-from consumer.kafka.config import consumer_config, dead_letter_producer_config, kafka_client_config
+from consumer.kafka.config import (
+    consumer_config,
+    dead_letter_max_bytes,
+    dead_letter_producer_config,
+    kafka_client_config,
+)
 from consumer.kafka.dead_letters import KafkaDeadLetterPublisher
 from consumer.kafka.source import KafkaSource
 from consumer.observability.health import HealthServer, HealthState
@@ -114,7 +119,9 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
 def _ensure_dead_letter_topic(config: dict[str, Any], settings: Settings) -> None:
     try:
         partitions = partition_count(config, settings.consumer_topics[0]) or 1
-        ensure_topic(config, settings.dead_letter_topic, partitions)
+        # max.message.bytes: room for a letter of MAX_RECORD_BYTES (a broker's default is about 1 MiB)
+        ensure_topic(config, settings.dead_letter_topic, partitions,
+                     topic_config={"max.message.bytes": str(dead_letter_max_bytes(settings))})
     except TransientError as exc:
         # The producer will retry; a missing topic then shows as delivery failures and blocks commits.
         log.warning("could not check the dead-letter topic at start", extra={"error": str(exc)})

@@ -52,6 +52,7 @@ class DlqEntry:
     failed_at: dt.datetime | None
     attempts: int
     replay_count: int
+    value_dropped: bool = False  # published without its value (too large for the dead-letter topic)
 
     def as_json(self, preview: str) -> dict[str, Any]:
         return {
@@ -62,6 +63,7 @@ class DlqEntry:
             "consumer_group": self.consumer_group,
             "failed_at": iso(self.failed_at), "attempts": self.attempts, "replay_count": self.replay_count,
             "key": bytes_preview(self.raw.key) if self.raw.key is not None else None, "value_bytes": self.raw.size, "value_preview": preview,
+            "value_dropped": self.value_dropped,
         }
 
 
@@ -100,6 +102,7 @@ def parse(raw: RawRecord) -> DlqEntry | ForeignRecord:
         error_class=headers[h.ERROR_CLASS], error_message=headers.get(h.ERROR_MESSAGE, ""),
         consumer_group=headers.get(h.CONSUMER_GROUP, ""), failed_at=_timestamp(headers.get(h.FAILED_AT)),
         attempts=_int(headers.get(h.ATTEMPTS)) or 0, replay_count=_int(headers.get(h.REPLAY_COUNT)) or 0,
+        value_dropped=headers.get(h.VALUE_DROPPED) == "true",
     )
 
 
@@ -173,18 +176,19 @@ def parse_moment(text: str, now: dt.datetime | None = None) -> dt.datetime:
     return parsed
 
 
-def _names(values: Sequence[str] | None) -> frozenset[str]:
+def names(values: Sequence[str] | None) -> frozenset[str]:
+    """A repeatable, comma-separated option's names."""
     return frozenset(v.strip() for value in values or () for v in value.split(",") if v.strip())
 
 
 def selection_from(args: argparse.Namespace) -> Selection:
-    stages = _names(args.stage)
+    stages = names(args.stage)
     unknown = stages - {stage.value for stage in Stage}
     if unknown:
         raise ConfigError(f"--stage: unknown stage {sorted(unknown)}; one of {[s.value for s in Stage]}")
     if args.since and args.until and args.since >= args.until:
         raise ConfigError("--since: must be before --until")
-    return Selection(stages, _names(args.error_class), _names(args.topic), args.since, args.until)
+    return Selection(stages, names(args.error_class), names(args.topic), args.since, args.until)
 
 
 def add_selection_arguments(parser: argparse.ArgumentParser) -> None:

@@ -12,6 +12,12 @@ kill, which the sink absorbs because the idempotency key travels with the record
 
 A replay reads up to the end the dead-letter topic had when it started: records that fail again while it
 runs land after that end and wait for the next replay, so a replay always terminates.
+
+A replay stays inside its lane: a header names each record's original topic, and anyone who can write to the
+dead-letter topic writes headers, so a record goes back only to a consumed topic (CONSUMER_TOPICS) or one
+named by `--allow-topic`, unless `--to-topic` names the destination for all. Records it may not send, and
+letters published without their value (too large for the dead-letter topic), are refused: passed over,
+counted by reason and topic in the summary, and the exit code is 1 (a dry run says what it would refuse).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, Message, TopicPartition
+from rich.console import Console
 
 from consumer.errors import BrokerUnavailableError, ConfigError
 from consumer.kafka import headers as h
@@ -45,6 +52,7 @@ from consumer.tools.dlq_reading import (
     Scan,
     Selection,
     add_selection_arguments,
+    names,
     parse,
     partitions_of,
     read_topic,
@@ -56,6 +64,9 @@ from consumer.tools.progress import Advance, progress_bar, stderr_console
 _FLUSH_TIMEOUT_S = 30.0
 _DEFAULT_CHUNK = 500
 _DRY_RUN_SHOWN = 50  # records a dry run lists; all of them are counted
+EXIT_REFUSED = 1  # some selected records were refused (not an allowed topic, no value): the summary says which
+VALUE_DROPPED = "value dropped"
+TOPIC_NOT_ALLOWED = "topic not allowed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +81,16 @@ class ReplayPlan:
     keep_timestamp: bool = False
     chunk_records: int = _DEFAULT_CHUNK
     timeout_s: float = 30.0
+    allowed_topics: frozenset[str] = frozenset()  # CONSUMER_TOPICS and --allow-topic; unused with to_topic
+
+
+def refusal(entry: DlqEntry, plan: ReplayPlan) -> str | None:
+    """Why `entry` may not be replayed under `plan`, or None when it may."""
+    if entry.value_dropped:
+        return VALUE_DROPPED
+    if plan.to_topic is None and entry.original_topic not in plan.allowed_topics:
+        return TOPIC_NOT_ALLOWED
+    return None
 
 
 @dataclass(slots=True)
@@ -81,6 +102,13 @@ class ReplayReport:
     by_target: Counter[str] = field(default_factory=Counter)
     committed: dict[int, int] = field(default_factory=dict)
     target_ends: dict[str, dict[int, int]] = field(default_factory=dict)  # from delivery reports
+    refused: Counter[tuple[str, str]] = field(default_factory=Counter)  # (reason, original topic)
+
+    def refused_by_reason(self) -> dict[str, dict[str, int]]:
+        grouped: dict[str, dict[str, int]] = {}
+        for (reason, topic), n in sorted(self.refused.items()):
+            grouped.setdefault(reason, {})[topic] = n
+        return grouped
 
     def as_json(self) -> dict[str, Any]:
         plan = self.plan
@@ -94,12 +122,18 @@ class ReplayReport:
             "end_offsets": {topic: {str(p): o for p, o in sorted(ends.items())}
                             for topic, ends in sorted(self.target_ends.items())},
             "selection": plan.selection.describe(), "limit": plan.limit,
+            "allowed_topics": sorted(plan.allowed_topics) if plan.to_topic is None else [plan.to_topic],
+            "refused": sum(self.refused.values()), "refused_by_reason": self.refused_by_reason(),
         }
 
 
-def default_group(settings: Settings, selection: Selection, to_topic: str | None) -> str:
-    """One remembered position per (selection, destination): another filter starts from the beginning."""
-    digest = hashlib.sha256(f"{selection.digest()}|{to_topic or ''}".encode()).hexdigest()[:10]
+def default_group(
+    settings: Settings, selection: Selection, to_topic: str | None, allowed_extra: frozenset[str] = frozenset()
+) -> str:
+    """One remembered position per (selection, destination, --allow-topic): another filter starts from the
+    beginning, so records refused before are found again when their topic is allowed."""
+    allowed = f"|{','.join(sorted(allowed_extra))}" if allowed_extra else ""
+    digest = hashlib.sha256(f"{selection.digest()}|{to_topic or ''}{allowed}".encode()).hexdigest()[:10]
     return f"{settings.consumer_group_id}.dlq-replay.{digest}"
 
 
@@ -111,11 +145,17 @@ def select(config: Mapping[str, Any], plan: ReplayPlan) -> ReplayReport:
         starts = {} if plan.from_beginning else _committed(consumer, plan.dlq_topic, plan.timeout_s)
         shown = min(plan.limit or _DRY_RUN_SHOWN, _DRY_RUN_SHOWN)  # counted in full, only a few kept
         selected = Inspection(Scan(plan.dlq_topic, starts=dict(starts)), plan.selection, shown)
+        report = ReplayReport(plan, starts, selected)
         for raw in read_topic(consumer, selected.scan, plan.timeout_s):
             selected.add(raw)
+            entry = parse(raw) if plan.dry_run else None
+            if isinstance(entry, DlqEntry) and plan.selection.matches(entry):
+                reason = refusal(entry, plan)
+                if reason is not None:
+                    report.refused[(reason, entry.original_topic)] += 1
     finally:
         consumer.close()
-    return ReplayReport(plan, starts, selected)
+    return report
 
 
 def publish(config: Mapping[str, Any], report: ReplayReport, advance: Advance | None = None) -> None:
@@ -127,8 +167,8 @@ def publish(config: Mapping[str, Any], report: ReplayReport, advance: Advance | 
 
 
 def to_replay(report: ReplayReport) -> int:
-    """How many records `publish` will send."""
-    matched, limit = report.selected.matched, report.plan.limit
+    """How many records `publish` will send (after a dry run: without the refused ones)."""
+    matched, limit = report.selected.matched - sum(report.refused.values()), report.plan.limit
     return matched if limit is None else min(matched, limit)
 
 
@@ -165,10 +205,14 @@ class _Replayer:
         for raw in read_topic(consumer, scan, self._plan.timeout_s, stop_at=ends):
             entry = parse(raw)
             if isinstance(entry, DlqEntry) and self._plan.selection.matches(entry):
-                if limit is not None and self._report.replayed + self._in_chunk >= limit:
+                reason = refusal(entry, self._plan)
+                if reason is not None:  # passed over like an unselected record, and counted
+                    self._report.refused[(reason, entry.original_topic)] += 1
+                elif limit is not None and self._report.replayed + self._in_chunk >= limit:
                     exhausted = False
                     break
-                self._produce(entry)
+                else:
+                    self._produce(entry)
             self._positions[raw.partition] = raw.offset + 1
             if self._in_chunk >= self._plan.chunk_records:
                 self._finish_chunk(consumer)
@@ -251,6 +295,9 @@ REPLAY_EPILOG = """examples:
   consumer dlq replay --error-class DecodeError --to-topic orders-fixed
   consumer dlq replay --limit 100                       # a first slice; running it again continues
   consumer dlq replay --from-beginning                  # ignore the remembered position, send all again
+  consumer dlq replay --topic payments --allow-topic payments   # a topic outside CONSUMER_TOPICS, on purpose
+only CONSUMER_TOPICS and --allow-topic topics (or --to-topic) are destinations; other records, and letters
+published without their value, are refused and counted (exit 1);
 each selection remembers how far it got (group <CONSUMER_GROUP_ID>.dlq-replay.<digest>, or --group);
 replaying twice writes nothing twice when IDEMPOTENCY_KEY comes from the record (field, key or header)."""
 
@@ -258,6 +305,9 @@ replaying twice writes nothing twice when IDEMPOTENCY_KEY comes from the record 
 def configure_replay(parser: argparse.ArgumentParser) -> None:
     add_selection_arguments(parser)
     parser.add_argument("--to-topic", metavar="TOPIC", help="publish here instead of each record's original topic")
+    parser.add_argument("--allow-topic", action="append", metavar="TOPIC",
+                        help="also replay records whose original topic is TOPIC (by default only CONSUMER_TOPICS); "
+                             "repeat or comma-separate")
     parser.add_argument("--limit", type=positive_int, metavar="N", help="replay at most N records this run")
     parser.add_argument("--dry-run", action="store_true", help="show what would be replayed, send nothing")
     parser.add_argument("--group", metavar="GROUP", help="consumer group remembering the position")
@@ -273,9 +323,11 @@ def configure_replay(parser: argparse.ArgumentParser) -> None:
 
 def run_replay(settings: Settings, args: argparse.Namespace) -> int:
     selection = selection_from(args)
+    allowed_extra = names(args.allow_topic)
     plan = ReplayPlan(
         dlq_topic=dlq_topic(settings, args), selection=selection,
-        group_id=args.group or default_group(settings, selection, args.to_topic), to_topic=args.to_topic,
+        group_id=args.group or default_group(settings, selection, args.to_topic, allowed_extra),
+        to_topic=args.to_topic, allowed_topics=frozenset(settings.consumer_topics) | allowed_extra,
         limit=args.limit, dry_run=args.dry_run, from_beginning=args.from_beginning,
         keep_timestamp=args.keep_timestamp, chunk_records=args.chunk, timeout_s=args.timeout,
     )
@@ -298,7 +350,9 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         _print_report(report, settings, args.no_decode)
         if interrupted:
             print("interrupted: run the same command again to resume after the last acknowledged chunk")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    return EXIT_REFUSED if report.refused else 0
 
 
 def _print_report(report: ReplayReport, settings: Settings, no_decode: bool) -> None:
@@ -307,11 +361,27 @@ def _print_report(report: ReplayReport, settings: Settings, no_decode: bool) -> 
     if plan.dry_run:
         render_text(report.selected, previewer(settings, not no_decode), console)
         console.print(f"dry run: would replay {to_replay(report)} records (group {plan.group_id}); nothing was sent")
+        _print_refused(report, console, "would be refused")
         return
     targets = ", ".join(f"{topic} {n}" for topic, n in sorted(report.by_target.items())) or "none"
     console.print(f"replayed {report.replayed} of {report.selected.matched} selected records from "
                   f"{plan.dlq_topic} ({targets})")
     console.print(f"  position (group {plan.group_id}): "
                   f"{ {p: o for p, o in sorted(report.committed.items())} or 'unchanged'}")
+    _print_refused(report, console, "refused")
     if report.selected.foreign:
         console.print(f"  {len(report.selected.foreign)} foreign records (no dead-letter headers) left alone")
+
+
+_REFUSAL_HINTS = {
+    VALUE_DROPPED: "published without their value (too large for the dead-letter topic): nothing to send back; "
+                   "dlq.value.size and dlq.value.sha256 identify the original",
+    TOPIC_NOT_ALLOWED: "their original topic is not in CONSUMER_TOPICS; if that is really where they belong: "
+                       "--topic NAME --allow-topic NAME (or --to-topic)",
+}
+
+
+def _print_refused(report: ReplayReport, console: Console, verb: str) -> None:
+    for reason, topics in report.refused_by_reason().items():
+        counted = ", ".join(f"{topic} {n}" for topic, n in topics.items())
+        console.print(f"  {sum(topics.values())} {verb}, {reason} ({counted}): {_REFUSAL_HINTS[reason]}")

@@ -8,6 +8,7 @@ production does: the service rejects rows the table cannot hold (stage `sink`), 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -301,11 +302,40 @@ def test_replay_after_fixing_the_cause_lands_every_record_once_and_resumes(
 def test_replay_dry_run_sends_nothing_and_moves_no_position(
     known_dlq: dict[str, Any], tmp_path: Path, kafka_bootstrap: str
 ) -> None:
-    out = run_json(["dlq", "replay", "--dry-run", "--stage", "sink"], known_dlq["env"], tmp_path)
+    both = ["--allow-topic", known_dlq["b"]]  # four of the sink letters came from B, which is not consumed
+    out = run_json(["dlq", "replay", "--dry-run", "--stage", "sink", *both], known_dlq["env"], tmp_path)
     assert (out["matched"], out["replayed"], out["committed"], out["dry_run"]) == (5, 0, {}, True)
     assert committed_offsets(kafka_bootstrap, out["group"], known_dlq["dlq"], 2) == {0: 0, 1: 0}
-    text = run_cli(["dlq", "replay", "--dry-run", "--stage", "sink"], known_dlq["env"], tmp_path)
+    text = run_cli(["dlq", "replay", "--dry-run", "--stage", "sink", *both], known_dlq["env"], tmp_path)
     assert "dry run: would replay 5 records" in text.stdout
+
+
+def test_replay_sends_only_to_consumed_topics_unless_a_topic_is_allowed(
+    known_dlq: dict[str, Any], tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    """A header names the destination, and anyone who writes to the DLQ writes headers: only CONSUMER_TOPICS
+    (A) is a destination by default; B's letters are refused, counted, and sent once B is allowed."""
+    a, b, env = known_dlq["a"], known_dlq["b"], known_dlq["env"]
+    create_topic(kafka_bootstrap, a, 3)
+    create_topic(kafka_bootstrap, b, 3)
+
+    preview = run_cli(["dlq", "replay", "--dry-run", "--stage", "sink"], env, tmp_path)
+    assert preview.returncode == 1, preview.stdout + preview.stderr
+    assert "dry run: would replay 1 records" in preview.stdout
+    assert f"4 would be refused, topic not allowed ({b} 4)" in preview.stdout
+
+    refused = run_cli(["dlq", "replay", "--stage", "sink", "--format", "json"], env, tmp_path)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    out = json.loads(refused.stdout)
+    assert (out["replayed"], out["to_topics"], out["refused"]) == (1, {a: 1}, 4)
+    assert out["refused_by_reason"] == {"topic not allowed": {b: 4}}
+    assert len(read_all(kafka_bootstrap, a, expected=1)) == 1
+    assert read_all(kafka_bootstrap, b, expected=0) == []
+
+    allowed = run_json(["dlq", "replay", "--stage", "sink", "--topic", b, "--allow-topic", b], env, tmp_path)
+    assert (allowed["replayed"], allowed["to_topics"], allowed["refused"]) == (4, {b: 4}, 0)
+    assert len(read_all(kafka_bootstrap, b, expected=4)) == 4
+    assert len(read_all(kafka_bootstrap, a, expected=1)) == 1  # nothing of A twice
 
 
 def test_a_killed_replay_resumes_repeating_at_most_the_unacknowledged_chunk(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,15 +67,17 @@ def admin(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
 
 
-def create_topic(bootstrap: str, name: str, partitions: int = 3, timeout_s: float = 30.0) -> str:
-    """Create `name` and wait until metadata shows every partition with a leader; returns `name`.
+def create_topic(
+    bootstrap: str, name: str, partitions: int = 3, timeout_s: float = 30.0, config: Mapping[str, str] | None = None
+) -> str:
+    """Create `name` (with topic `config`, e.g. max.message.bytes) and wait until metadata shows every partition with a leader; returns `name`.
 
     CreateTopics returning is not enough: a producer or an assign() racing the metadata propagation would
     see an unknown topic or partition, and a test would fail (or lose records) for a reason of its own.
     """
     client = admin(bootstrap)
     futures = client.create_topics(
-        [NewTopic(name, num_partitions=partitions, replication_factor=1)], request_timeout=_REQUEST_TIMEOUT_S
+        [NewTopic(name, num_partitions=partitions, replication_factor=1, config=dict(config or {}))], request_timeout=_REQUEST_TIMEOUT_S
     )
     futures[name].result(timeout=timeout_s)
     wait_until(
@@ -110,11 +112,13 @@ class TopicWriter:
     `committed_offsets(...)` (which also reports 0 where nothing was committed).
     """
 
-    def __init__(self, bootstrap: str, topic: str, flush_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, flush_timeout_s: float = 30.0, config: Mapping[str, Any] | None = None
+    ) -> None:
         self.topic = topic
         self._flush_timeout_s = flush_timeout_s
         self._producer = Producer(
-            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5}
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5, **(config or {})}
         )
         self._end_offsets = dict.fromkeys(range(partition_count(bootstrap, topic)), 0)
 

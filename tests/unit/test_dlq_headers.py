@@ -1,8 +1,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 
-from consumer.kafka.dead_letters import dead_letter_headers
+from consumer.kafka.dead_letters import Shape, dead_letter_headers, dead_letter_message
 from consumer.records import DeadLetter, RawRecord, Stage
 
 WHEN = dt.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=dt.UTC)
@@ -58,3 +59,33 @@ def test_a_replayed_record_failing_again_keeps_its_replay_count() -> None:
     assert dict(headers)["dlq.attempts"] == b"2"
     assert [n for n, _ in headers].count("dlq.original.offset") == 1
     assert dict(headers)["dlq.original.offset"] == b"42"  # where it failed this time
+
+
+def test_a_letter_without_value_says_so_with_size_and_digest_and_keeps_key_and_headers() -> None:
+    message = dead_letter_message(letter(headers=[("trace", b"abc")]), "grp", WHEN, Shape.WITHOUT_VALUE)
+    headers = dict(message["headers"])
+    assert (message["key"], message["value"]) == (b"k", None)
+    assert headers["trace"] == b"abc"
+    assert headers["dlq.value.dropped"] == b"true"
+    assert headers["dlq.value.size"] == b"1"
+    assert headers["dlq.value.sha256"] == hashlib.sha256(b"v").hexdigest().encode()
+    assert "dlq.key.dropped" not in headers and headers["dlq.stage"] == b"decode"
+
+
+def test_a_bare_letter_keeps_only_our_headers_and_digests_the_key() -> None:
+    original = [("trace", b"abc"), ("dlq.replay.count", b"2"), ("dlq.hostile", b"x" * 1000)]
+    message = dead_letter_message(letter(headers=original), "grp", WHEN, Shape.BARE)
+    headers = dict(message["headers"])
+    assert (message["key"], message["value"]) == (None, None)
+    assert "trace" not in headers and "dlq.hostile" not in headers
+    assert headers["dlq.replay.count"] == b"2"
+    assert headers["dlq.headers.dropped"] == b"2"
+    assert (headers["dlq.key.dropped"], headers["dlq.key.size"]) == (b"true", b"1")
+    assert headers["dlq.key.sha256"] == hashlib.sha256(b"k").hexdigest().encode()
+    assert headers["dlq.value.dropped"] == b"true"
+
+
+def test_a_record_claiming_a_dropped_value_is_not_believed() -> None:
+    message = dead_letter_message(letter(headers=[("dlq.value.dropped", b"true")]), "grp", WHEN, Shape.WHOLE)
+    assert "dlq.value.dropped" not in dict(message["headers"])
+    assert message["value"] == b"v"
