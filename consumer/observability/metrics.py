@@ -35,8 +35,11 @@ class BatchStage(StrEnum):
 
 
 class Dependency(StrEnum):
+    """What a batch attempt can fail on: each has its own circuit breaker and retry count."""
+
     SINK = "sink"
     SCHEMA_REGISTRY = "schema_registry"
+    BROKER = "broker"  # publishing the batch's dead letters
 
 
 class BreakerState(IntEnum):
@@ -115,6 +118,10 @@ class Metrics:
             "consumer_sink_retries_total", "Sink retries after transient failures.", ["error_class"],
             registry=registry,
         )
+        self.retries_total = Counter(
+            "consumer_retries_total", "Batch attempts that failed transiently and will be retried, by the "
+            "dependency that failed.", ["dependency"], registry=registry,
+        )
         self.rebalances_total = Counter(
             "consumer_rebalances_total", "Rebalance callbacks by kind.", ["kind"], registry=registry
         )
@@ -162,6 +169,7 @@ class Metrics:
             self.batch_duration_seconds.labels(stage.value)
         for dependency in Dependency:
             self.circuit_breaker_state.labels(dependency.value).set(0)
+            self.retries_total.labels(dependency.value)
         for error_class in SINK_ERROR_CLASSES:
             self.sink_retries_total.labels(error_class)
         for kind in RebalanceKind:

@@ -88,9 +88,13 @@ class RunnerEvents:
             self._status.breaker(dependency.value, state, breaker.changed_at)
         self._health.breaker_open = any_open
 
-    def retry_scheduled(self, batch: Batch, error: TransientError, delay_s: float, failures: int) -> None:
+    def retry_scheduled(
+        self, batch: Batch, error: TransientError, dependency: Dependency, delay_s: float, failures: int
+    ) -> None:
         self._metrics.batches_total.labels(BatchOutcome.RETRIED.value).inc()
-        self._metrics.sink_retries_total.labels(type(error).__name__).inc()
+        self._metrics.retries_total.labels(dependency.value).inc()
+        if dependency is not Dependency.BROKER:  # dead letters the broker did not take are no sink retry
+            self._metrics.sink_retries_total.labels(type(error).__name__).inc()
         self._status.error(error)
         if failures == 1:  # one warning per incident, not one per retry
             log.warning("batch failed, retrying", extra={"batch_id": batch.batch_id, "error_class":

@@ -32,9 +32,11 @@ class RunnerObserver(Protocol):
     def breakers_changed(self, breakers: Mapping[Dependency, BreakerReading]) -> None:
         """At start and after every batch attempt: each dependency's circuit breaker as it is now."""
 
-    def retry_scheduled(self, batch: Batch, error: TransientError, delay_s: float, failures: int) -> None:
-        """An attempt at `batch` failed transiently; it goes again after `delay_s`. `failures` counts the
-        attempts failed in a row: 1 starts an incident."""
+    def retry_scheduled(
+        self, batch: Batch, error: TransientError, dependency: Dependency, delay_s: float, failures: int
+    ) -> None:
+        """An attempt at `batch` failed transiently on `dependency`; it goes again after `delay_s`.
+        `failures` counts the attempts failed in a row: 1 starts an incident."""
 
     def batch_failed(self, error: PermanentError) -> None:
         """A batch (or its commit) failed for good; the run ends with `error`, nothing of it committed."""

@@ -28,7 +28,13 @@ from enum import Enum
 from functools import partial
 
 from consumer.clock import Clock
-from consumer.errors import GuardTrippedError, PermanentError, RegistryUnavailableError, TransientError
+from consumer.errors import (
+    BrokerUnavailableError,
+    GuardTrippedError,
+    PermanentError,
+    RegistryUnavailableError,
+    TransientError,
+)
 from consumer.observability.lag import oldest_timestamp_ms
 from consumer.observability.metrics import Dependency
 from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
@@ -234,10 +240,10 @@ class Runner:
         self._hand.put_back(batch)
         delay = self._backoff.next_delay()
         self._retry_at = self._clock.monotonic() + delay
-        failed = Dependency.SCHEMA_REGISTRY if isinstance(exc, RegistryUnavailableError) else Dependency.SINK
+        failed = failed_dependency(exc)
         self._breakers[failed].record_failure()
         self._observer.breakers_changed(self._breakers)
-        self._observer.retry_scheduled(batch, exc, delay, self._backoff.failures)
+        self._observer.retry_scheduled(batch, exc, failed, delay, self._backoff.failures)
 
     def _hold_for_guard(self, batch: Batch, exc: GuardTrippedError) -> None:
         """Stop dead-lettering and committing for good: drop what is in hand uncommitted, pause everything
@@ -353,6 +359,17 @@ class Runner:
     def _see_stop(self) -> None:
         if self._stop_deadline is None:
             self._stop_deadline = self._clock.monotonic() + self._shutdown_timeout_s
+
+
+def failed_dependency(error: TransientError) -> Dependency:
+    """Whose breaker a transient failure of a batch attempt feeds. In a batch attempt only the dead-letter
+    publish talks to the broker (commits happen on the polling thread), so a broker failure there is the
+    broker's: it must not open the sink's breaker, nor count as a sink retry."""
+    if isinstance(error, RegistryUnavailableError):
+        return Dependency.SCHEMA_REGISTRY
+    if isinstance(error, BrokerUnavailableError):
+        return Dependency.BROKER
+    return Dependency.SINK
 
 
 class _LagView:

@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry
 from support.waiting import wait_until
 
 from consumer.clock import SystemClock
-from consumer.errors import FatalError, GuardTrippedError, SinkUnavailableError
+from consumer.errors import BrokerUnavailableError, FatalError, GuardTrippedError, SinkUnavailableError
 from consumer.observability.health import HealthState
 from consumer.observability.metrics import Dependency, Metrics
 from consumer.observability.runner_events import RunnerEvents
@@ -327,6 +327,10 @@ class Stepped:
 
 @pytest.fixture
 def stepped() -> Stepped:
+    return _stepped()
+
+
+def _stepped(breaker_threshold: int = 100) -> Stepped:
     clock = FakeClock()
     source, pipeline, executor = FakeSource(PARTITIONS, clock), FakePipeline(), StepExecutor(clock)
     registry = CollectorRegistry()
@@ -338,7 +342,7 @@ def stepped() -> Stepped:
         batcher=Batcher(BATCH, 10**9, 60.0, clock),
         pipeline=pipeline,
         offsets=OffsetTracker(),
-        breakers={d: CircuitBreaker(100, 5.0, clock) for d in Dependency},
+        breakers={d: CircuitBreaker(breaker_threshold, 5.0, clock) for d in Dependency},
         backoff=Backoff(0.5, 2.0, _FullDelay()),
         executor=executor,
         observer=RunnerEvents(metrics, health, StatusBoard(health, "test", {}, clock), clock),
@@ -554,3 +558,30 @@ def test_a_revoke_served_inside_a_commit_while_stopping_shares_the_stop_deadline
     assert stepped.clock.monotonic() - stopped_at == pytest.approx(SHUTDOWN_S)
     assert _inside(stepped.source.calls, "on_revoked") == []  # batch 2 never finished: nothing more committed
     assert stepped.source.commits == [{P0: BATCH}]
+
+
+def test_dead_letters_the_broker_did_not_take_are_the_brokers_failure_not_the_sinks() -> None:
+    """The pipeline's dead-letter publish raised BrokerUnavailableError: the broker's breaker opens (threshold
+    1 here), the sink's stays closed, and it is a retry of the broker, not of the sink."""
+    stepped = _stepped(breaker_threshold=1)
+    stepped.pipeline.failures[1] = [BrokerUnavailableError("dead-letter delivery failed for 2 records")]
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()
+    stepped.executor.finish()
+    stepped.runner.turn()  # the failure: the batch goes back in line
+    assert stepped.metric("consumer_circuit_breaker_state", dependency="broker") == 2
+    assert stepped.metric("consumer_circuit_breaker_state", dependency="sink") == 0
+    assert stepped.metric("consumer_retries_total", dependency="broker") == 1
+    assert stepped.metric("consumer_retries_total", dependency="sink") == 0
+    assert sum(stepped.metric("consumer_sink_retries_total", error_class=c) or 0
+               for c in ("SinkUnavailableError", "BrokerUnavailableError", "RegistryUnavailableError")) == 0
+    assert stepped.metric("consumer_batches_total", outcome="retried") == 1
+    assert stepped.health.breaker_open
+
+    stepped.clock.advance(5.0)  # the broker's breaker lets a probe through
+    stepped.runner.turn()
+    assert stepped.executor.submitted == 2
+    stepped.executor.finish()
+    stepped.runner.turn()
+    assert stepped.source.commits == [{P0: BATCH}]
+    assert stepped.metric("consumer_circuit_breaker_state", dependency="broker") == 0

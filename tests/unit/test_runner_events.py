@@ -127,7 +127,7 @@ def test_a_retry_counts_per_attempt_and_warns_once_per_incident(
     observed: Observed, caplog: pytest.LogCaptureFixture
 ) -> None:
     for failures in (1, 2, 3):
-        observed.events.retry_scheduled(_batch(), SinkUnavailableError("db away"), 0.5, failures)
+        observed.events.retry_scheduled(_batch(), SinkUnavailableError("db away"), Dependency.SINK, 0.5, failures)
     assert observed.value("consumer_batches_total", outcome="retried") == 3
     assert observed.value("consumer_sink_retries_total", error_class="SinkUnavailableError") == 3
     assert _messages(caplog) == [("WARNING", "batch failed, retrying")]
