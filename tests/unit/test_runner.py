@@ -522,6 +522,24 @@ def test_a_revoke_during_an_outage_gives_up_at_the_timeout_and_releases_the_part
     assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") is None
 
 
+def test_a_revoke_while_a_write_hangs_waits_the_shutdown_timeout_and_leaves_the_write_uncancelled(
+    stepped: Stepped,
+) -> None:
+    """Only a stop cancels a write: after a revoke gave up on it the service goes on, and the write (its rows
+    idempotent) may still end; its offsets are then no longer ours to commit."""
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()  # the write hangs
+    stepped.source.revoke(PARTITIONS)
+    revoked_at = stepped.clock.monotonic()
+    stepped.runner.turn()
+    assert stepped.clock.monotonic() - revoked_at == pytest.approx(SHUTDOWN_S, abs=0.2)
+    assert stepped.executor.cancels == 0 and stepped.executor.running == 1
+    assert stepped.runner.phase is Phase.RUNNING
+    stepped.executor.finish()
+    stepped.runner.turn()
+    assert stepped.source.commits == []
+
+
 def test_a_stop_seen_inside_a_revoke_callback_bounds_the_callback_and_the_shutdown_by_one_timeout(
     stepped: Stepped,
 ) -> None:
