@@ -4,7 +4,8 @@ zero bytes announcing 2**60 of them in 11 bytes (which spun holding the GIL, or 
 dead-lettered with stage `decode`; the service stays live and ready throughout, the good records around them
 land exactly once, a fresh group reading everything again does not stop on them either, and SIGTERM exits 0.
 
-The writer schema is a SCHEMA_FILE written by the test: recursive, with an `array<null>` field.
+The writer schema is the test's own, recursive with an `array<null>` field: a SCHEMA_FILE, or registered in the
+schema registry (the run's real one when there is one) with the values in wire format.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def good_value(schema: Any, i: int) -> bytes:
 
 
 @pytest.mark.parametrize("sink_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("schema_from", ["schema_file", "registry"])
 def test_hostile_values_are_dead_lettered_while_the_service_stays_live_and_ready(
     kafka_bootstrap: str,
     make_topic: Callable[..., str],
@@ -79,19 +81,31 @@ def test_hostile_values_are_dead_lettered_while_the_service_stays_live_and_ready
     sink_table: str,
     service: StartService,
     tmp_path: Path,
+    request: pytest.FixtureRequest,
+    schema_from: str,
 ) -> None:
-    schema_path = tmp_path / "hostile.avsc"
-    schema_path.write_text(json.dumps(HOSTILE_SCHEMA), encoding="utf-8")
-    schema = fastavro.parse_schema(HOSTILE_SCHEMA)
-    hostile = [deep_value(DEEP_LEVELS), zero_byte_items_value()]
+    """The writer schema as SCHEMA_FILE (schemaless values), or registered (wire format, analysed when the
+    service loads its id)."""
     topic, writer = setup_topic(kafka_bootstrap, make_topic, partitions=1)
-    writer.send([Msg(value=good_value(schema, i)) for i in range(GOOD_BEFORE)])
+    settings = {"BATCH_MAX_RECORDS": "50"}
+    if schema_from == "registry":
+        registry = request.getfixturevalue("schema_registry")
+        header = b"\x00" + registry.register(f"{topic}-value", json.dumps(HOSTILE_SCHEMA)).to_bytes(4, "big")
+        settings["SCHEMA_REGISTRY_URL"] = registry.url
+    else:
+        header = b""
+        settings["SCHEMA_FILE"] = str(tmp_path / "hostile.avsc")
+        Path(settings["SCHEMA_FILE"]).write_text(json.dumps(HOSTILE_SCHEMA), encoding="utf-8")
+    schema = fastavro.parse_schema(HOSTILE_SCHEMA)
+    hostile = [header + deep_value(DEEP_LEVELS), header + zero_byte_items_value()]
+    writer.send([Msg(value=header + good_value(schema, i)) for i in range(GOOD_BEFORE)])
     writer.send([Msg(value=value) for value in hostile])
-    writer.send([Msg(value=good_value(schema, i)) for i in range(GOOD_BEFORE, GOOD_BEFORE + GOOD_AFTER)])
+    writer.send([Msg(value=header + good_value(schema, i)) for i in range(GOOD_BEFORE, GOOD_BEFORE + GOOD_AFTER)])
 
     def run_until_everything_is_committed(group: str) -> ServiceProcess:
-        running = service(service_env(kafka_bootstrap, topic, group, sink_url, sink_table, key="field:id",
-                                      SCHEMA_FILE=str(schema_path), BATCH_MAX_RECORDS="50"))
+        env = service_env(kafka_bootstrap, topic, group, sink_url, sink_table, key="field:id")
+        del env["SCHEMA_FILE"]  # the event schema: here the writer schema is the test's own
+        running = service({**env, **settings})
         running.wait_ready()
 
         def committed_while_live_and_ready() -> dict[int, int]:
