@@ -70,6 +70,9 @@ class Sink(Protocol):
     def ping(self) -> None:
         """Answer when the database does; raises like `write`."""
 
+    def column_names(self) -> frozenset[str] | None:
+        """The table's columns as they are now, None when there is no table yet; raises like `write`."""
+
     def cancel(self) -> None:
         """Called from another thread (a stop that ran out of time): ask the database to abandon the `write`
         in progress, which then rolls back and raises WriteCancelledError. Returns within seconds, also when

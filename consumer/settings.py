@@ -210,8 +210,9 @@ class Settings(BaseSettings):
     sink_schema_evolution: SchemaEvolution = Field(
         SchemaEvolution.ADD_COLUMNS, description="What a registry writer schema with a field the table lacks does "
         "(without `SCHEMA_FILE`): `add-columns` adds a nullable column for it; `none` adds nothing and dead-letters "
-        "that schema's records with stage `validate` (`SchemaRejectedError`). The columns are those known at start "
-        "(the subject's latest schema), else those of the first writer schema seen.",
+        "that schema's records with stage `validate` (`SchemaRejectedError`). The columns allowed are the table's at "
+        "start; without a table yet (or a database answering at start), those of the subject's latest schema, else "
+        "of the first writer schema seen.",
     )
     sink_max_columns: int = Field(
         1000, ge=1, le=1595, description="Most value columns a schema may give the table (the five metadata "

@@ -36,16 +36,22 @@ class ColumnRules:
                 self._check_decimal(column)
         self._check_together([column.name for column in columns])
 
-    def admit(self, known: Mapping[str, ColumnSpec], new: Sequence[ColumnSpec]) -> dict[str, ColumnSpec]:
+    def admit(
+        self, known: Mapping[str, ColumnSpec], new: Sequence[ColumnSpec], table: frozenset[str] | None = None
+    ) -> dict[str, ColumnSpec]:
         """The columns after a writer schema `new` joins `known`: its new fields added as nullable columns,
-        or SchemaRejectedError (and `known` unchanged). With evolution off, once columns are known, a schema
-        with a field outside them is refused."""
+        or SchemaRejectedError (and `known` unchanged). With evolution off, a schema with a field outside
+        `table` (the table's columns at start) is refused; without them (no table yet, or the database
+        down at start), a field outside the columns known, once some are."""
         self.check(new)
         added = [column for column in new if column.name not in known]
-        if added and known and not self._add_columns:
-            raise SchemaRejectedError(
-                f"field {added[0].name!r} is not a column of the table and SINK_SCHEMA_EVOLUTION=none"
-            )
+        if not self._add_columns:
+            outside = [c.name for c in added if c.name not in table] if table is not None else (
+                [c.name for c in added] if known else [])
+            if outside:
+                raise SchemaRejectedError(
+                    f"field {outside[0]!r} is not a column of the table and SINK_SCHEMA_EVOLUTION=none"
+                )
         merged = merge_columns(known, added)
         self._check_together(list(merged))
         return merged

@@ -42,6 +42,10 @@ class ValueDecoder(Protocol):
         """The value columns known so far; grows when a registry schema adds fields."""
         ...
 
+    def keep_to_table(self, names: frozenset[str]) -> None:
+        """Under SINK_SCHEMA_EVOLUTION=none, the table's columns at start: writer schemas may use only
+        these from now on (a no-op for columns that come from SCHEMA_FILE, ours)."""
+
 
 def convert(row: dict[str, Any], converters: Mapping[str, Converter]) -> dict[str, Any]:
     """The decoded value's fields made into the row's cells, in place (only columns that need it). Whatever a
@@ -75,6 +79,9 @@ class Decoder:
 
     def columns(self) -> list[ColumnSpec]:
         return self._values.columns()
+
+    def keep_to_table(self, names: frozenset[str]) -> None:
+        self._values.keep_to_table(names)
 
     def decode_batch(self, records: Sequence[RawRecord]) -> DecodedBatch:
         out = DecodedBatch()

@@ -47,6 +47,9 @@ class JsonDecoder:
     def columns(self) -> list[ColumnSpec]:
         return self._columns
 
+    def keep_to_table(self, names: frozenset[str]) -> None:
+        """The columns are SCHEMA_FILE's (or the one `value` column): nothing to keep to."""
+
 
 def _deeper_than(obj: Any, limit: int) -> bool:
     """Whether objects and arrays nest more than `limit` levels, walked with an explicit stack (no recursion)."""

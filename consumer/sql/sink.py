@@ -283,6 +283,13 @@ class SqlSink:
                                  "ON COMMIT DELETE ROWS")
         return [oid for oid, _type_sql in wanted]
 
+    def column_names(self) -> frozenset[str] | None:
+        with self._translated(), self._engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if not inspector.has_table(self._table_name):
+                return None
+            return frozenset(column["name"] for column in inspector.get_columns(self._table_name))
+
     def ping(self) -> None:
         with self._translated(), self._engine.connect() as conn:
             conn.execute(sa.text("SELECT 1"))

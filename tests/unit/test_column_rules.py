@@ -96,6 +96,14 @@ def test_without_evolution_a_new_field_is_refused_but_the_first_schema_sets_the_
         rules.admit(known, [_text("a"), _text("c")])
 
 
+def test_without_evolution_the_tables_columns_decide_when_known() -> None:
+    rules = ColumnRules(column_limits(1000), add_columns=False)
+    table = frozenset({"a", "b", "_kafka_topic"})
+    assert set(rules.admit({"a": _text("a")}, [_text("a"), _text("b")], table)) == {"a", "b"}  # b: in the table
+    with pytest.raises(SchemaRejectedError, match="field 'c' is not a column of the table"):
+        rules.admit({}, [_text("a"), _text("c")], table)  # even as the first schema seen
+
+
 # --- the registry decoder ----------------------------------------------------------------------------------
 
 
@@ -168,6 +176,20 @@ def test_with_evolution_off_a_writer_with_a_new_field_is_refused() -> None:
     with pytest.raises(SchemaRejectedError, match="'extra' is not a column of the table"):
         values.decode(_wire(3, b"\x04k1\x00"))
     assert [c.name for c in values.columns()] == ["id"]
+
+
+def test_kept_to_the_table_the_latest_schemas_extra_field_is_dropped_and_refused_later() -> None:
+    """Under SINK_SCHEMA_EVOLUTION=none the table at start decides, not the subject's latest schema (anyone
+    may register it): its field the table lacks is no column, and a writer schema with it is refused."""
+    extra = {"name": "extra", "type": ["null", "string"], "default": None}
+    registry = _Registry({3: _schema(extra), 4: _schema()})
+    rules = ColumnRules(column_limits(1000), add_columns=False)
+    values = RegistryAvroDecoder(registry, None, rules, parse_schema(_schema(extra)))
+    values.keep_to_table(frozenset({"id", "_kafka_topic"}))
+    assert [c.name for c in values.columns()] == ["id"]
+    with pytest.raises(SchemaRejectedError, match="'extra' is not a column of the table"):
+        values.decode(_wire(3, b"\x04k1\x00"))
+    assert values.decode(_wire(4, b"\x04k1"))[0] == {"id": "k1"}
 
 
 # --- SCHEMA_FILE and the latest registry schema at start ----------------------------------------------------
