@@ -23,7 +23,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from consumer.errors import ConsumerError, FatalError, RecordRejectedError, WriteCancelledError
+from consumer.errors import (
+    ConfigError,
+    ConsumerError,
+    FatalError,
+    RecordRejectedError,
+    SinkUnavailableError,
+    WriteCancelledError,
+)
 from consumer.records import ColumnSpec, DecodedRecord, WriteResult
 from consumer.sql.columns import KEY_COLUMN, META_COLUMNS, column_type, meta_columns
 from consumer.sql.errors import SqlErrorClassifier, is_cancellation
@@ -36,6 +43,7 @@ from consumer.sql.postgres import (
     NotBinaryCopyable,
     UuidTextBinaryDumper,
 )
+from consumer.sql.tls import tls_refusal
 
 log = logging.getLogger(__name__)
 
@@ -291,8 +299,16 @@ class SqlSink:
             return frozenset(column["name"] for column in inspector.get_columns(self._table_name))
 
     def ping(self) -> None:
-        with self._translated(), self._engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
+        """One round trip (at start and by `check`). A database whose certificate SINK_URL's CA does not verify
+        is a configuration error (exit 2 naming SINK_URL), not an outage to wait out."""
+        try:
+            with self._translated(), self._engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except SinkUnavailableError:
+            refusal = tls_refusal(self._engine.url) if self._postgres else None
+            if refusal is not None:
+                raise ConfigError(f"SINK_URL: {refusal}") from None
+            raise
 
     def cancel(self) -> None:
         with self._running_lock:

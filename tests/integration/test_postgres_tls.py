@@ -2,7 +2,8 @@
 
 The private cluster (ops/testbed/postgres.py with `tls=`) accepts TCP clients only over TLS (pg_hba
 `hostssl`), so rows that land came over an encrypted, verified connection; a CA that did not sign the server's
-certificate is refused before any row is written, named by the setting that holds it.
+certificate is refused before any row is written: exit 2, one line naming SINK_URL (libpq gives no SQLSTATE
+for it, so consumer/sql/tls.py repeats the handshake to tell it from an outage).
 """
 
 from __future__ import annotations
@@ -70,13 +71,15 @@ def test_the_server_refuses_clients_without_tls(tls_postgres: PostgresCluster) -
         engine.dispose()
 
 
-def test_check_refuses_a_database_certificate_the_ca_did_not_sign(
+@pytest.mark.parametrize("command", [["run"], ["check"]])
+def test_a_database_certificate_the_ca_did_not_sign_is_one_line_naming_sink_url_and_exit_2(
     tls_postgres: PostgresCluster, kafka_bootstrap: str, make_topic: Callable[..., str], tmp_path: Path,
+    command: list[str],
 ) -> None:
     url = verified_url(tls_postgres, make_ca_file(tmp_path / "other-ca.pem"))
     topic, _writer = setup_topic(kafka_bootstrap, make_topic, partitions=1)
-    done = run_cli(["check"], service_env(kafka_bootstrap, topic, "g", url, "events"), tmp_path)
+    done = run_cli(command, service_env(kafka_bootstrap, topic, "g", url, "events"), tmp_path)
     output = done.stdout + done.stderr
-    assert done.returncode != 0, output
-    assert "FAIL  sink:" in output and "certificate verify failed" in output
+    assert done.returncode == 2, output
+    assert "SINK_URL: TLS with the database failed: certificate verify failed" in output
     assert "Traceback" not in output
