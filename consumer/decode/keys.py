@@ -64,7 +64,8 @@ def key_text(value: Any) -> str | None:
     if isinstance(value, (bytes, bytearray)):
         return bytes_text(bytes(value))
     if isinstance(value, (int, decimal.Decimal, uuid.UUID)):
-        return _bounded_text(str(value))
+        text = str(value)
+        return text if len(text) <= _CHARS_SURELY_SHORT else _bounded_text(text)
     if isinstance(value, float):
         return repr(value)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
@@ -78,9 +79,12 @@ def text_key(text: str) -> str | None:
     (then marker + text), or is longer than MAX_KEY_BYTES (then its digest)."""
     if not text:
         return None
-    if text[0] == KEY_MARKER or (_HEX_PAIRS.fullmatch(text) and not _is_utf8(bytes.fromhex(text))):
+    # isalnum() first: a C-speed no for most keys (a uuid's dashes) before the pattern is tried.
+    if text[0] == KEY_MARKER or (
+        not len(text) & 1 and text.isalnum() and _HEX_PAIRS.fullmatch(text) and not _is_utf8(bytes.fromhex(text))
+    ):
         text = KEY_MARKER + text
-    return _bounded_text(text)
+    return text if len(text) <= _CHARS_SURELY_SHORT else _bounded_text(text)
 
 
 def bytes_text(value: bytes) -> str | None:
