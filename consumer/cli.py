@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -150,6 +151,8 @@ def _main(args: argparse.Namespace, redact: Redactor) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         return EXIT_FAILURE
+    except BrokenPipeError:  # `consumer config | head -1`: the reader has all it wanted
+        return _quiet_after_closed_pipe()
     except Exception:  # the one catch-all: log once, exit 1 (the runner committed nothing it had not sunk)
         log.exception("stopping on an unexpected error")
         return EXIT_FAILURE
@@ -180,6 +183,14 @@ def warn_unknown_settings() -> None:
         hint = f"; did you mean {unknown.closest}?" if unknown.closest else ""
         log.warning("%s is not a setting and is ignored%s", unknown.name, hint,
                     extra={"setting": unknown.name, "closest": unknown.closest, "source": unknown.source.value})
+
+
+def _quiet_after_closed_pipe() -> int:
+    """What the Python documentation recommends for SIGPIPE: point stdout at devnull so that the interpreter's
+    final flush does not fail again with a second traceback, and exit 1."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_FAILURE
 
 
 def _misspelling_hint(error: str) -> str:

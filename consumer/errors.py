@@ -47,6 +47,12 @@ class FatalError(PermanentError):
     """Authentication, permissions, schema or table mismatch, fatal broker error: exit code 1."""
 
 
+class SinkRefusedError(FatalError):
+    """The database refused us by name: no such database (SQLSTATE 3D000), authentication failed (28xxx),
+    permission denied (42501). Mid-run it stops the service (exit 1); at start it is a configuration error
+    naming SINK_URL (exit 2)."""
+
+
 class GuardTrippedError(ConsumerError):
     """The dead-letter guard holds the service: nothing more is written, dead-lettered or committed until
     an operator restarts it. Neither transient (retrying would dead-letter the same wave) nor fatal."""

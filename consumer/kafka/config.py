@@ -9,9 +9,16 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+
+from consumer.errors import ConfigError
+from consumer.kafka.errors import describe
+from consumer.kafka.produce import idempotent_producer_config
 from consumer.secrets import MASK, is_secret_property
 from consumer.settings import GroupProtocol, Settings
 
+DEAD_LETTER_LINGER_MS = 5  # dead letters are few and a batch waits for them: barely batched
 # librdkafka's own log lines go through Python logging (served inside poll), so LOG_FORMAT=json holds for them
 KAFKA_LOGGER = "consumer.kafka"
 
@@ -31,8 +38,13 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     if settings.kafka_ssl_ca_location is not None:
         config["ssl.ca.location"] = str(settings.kafka_ssl_ca_location)
     for name, value in settings.kafka_extra.items():
-        config[name.lower().replace("_", ".")] = value
+        config[extra_property(name)] = value
     return config
+
+
+def extra_property(name: str) -> str:
+    """KAFKA_EXTRA__FETCH_WAIT_MAX_MS's librdkafka property: fetch.wait.max.ms."""
+    return name.lower().replace("_", ".")
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -76,6 +88,11 @@ def dead_letter_producer_config(settings: Settings) -> dict[str, Any]:
             "logger": logging.getLogger(KAFKA_LOGGER)}
 
 
+def dead_letter_producer_properties(settings: Settings) -> dict[str, Any]:
+    """Everything the dead-letter publisher's idempotent producer is given (`config` and `check` show it)."""
+    return idempotent_producer_config(dead_letter_producer_config(settings), DEAD_LETTER_LINGER_MS)
+
+
 def group_protocol_config(settings: Settings) -> dict[str, Any]:
     """Membership properties: with KIP-848 (`consumer`) the broker assigns partitions and owns the session,
     and librdkafka refuses the classic protocol's assignment strategy and session timeout."""
@@ -97,3 +114,29 @@ def shown_client_config(config: Mapping[str, Any]) -> dict[str, str]:
         for name, value in sorted(config.items())
         if isinstance(value, (str, int, float))
     }
+
+
+# Throwaway clients reach nothing (no bootstrap.servers) and say nothing (log_level 0) while librdkafka
+# checks their properties.
+_PROBE = {"log_level": 0}
+
+
+def verify_client_properties(settings: Settings) -> None:
+    """librdkafka refuses an unknown property or a bad value only when a client is made, possibly long after
+    start (the dead-letter producer): `run` and `check` make throwaway clients first. A property refused on
+    its own is named as its KAFKA_EXTRA__<NAME>; one refused beside others (`acks=1` with idempotence) as
+    KAFKA_EXTRA. Exit 2 either way."""
+    for name, value in settings.kafka_extra.items():
+        try:
+            Producer({extra_property(name): value, **_PROBE})
+        except KafkaException as exc:
+            raise ConfigError(f"KAFKA_EXTRA__{name.upper()}: {describe(exc)}") from None
+    without_broker = {"bootstrap.servers"}
+    try:
+        AdminClient({k: v for k, v in kafka_client_config(settings).items() if k not in without_broker} | _PROBE)
+        consumer = Consumer({k: v for k, v in consumer_config(settings).items() if k not in without_broker} | _PROBE)
+        consumer.close()
+        producer = dead_letter_producer_properties(settings)
+        Producer({k: v for k, v in producer.items() if k not in without_broker} | _PROBE)
+    except KafkaException as exc:
+        raise ConfigError(f"KAFKA_EXTRA: {describe(exc)}") from None

@@ -24,6 +24,7 @@ from confluent_kafka import KafkaError, Message
 from consumer.clock import Clock
 from consumer.errors import BrokerUnavailableError, FatalError
 from consumer.kafka import headers as h
+from consumer.kafka.config import DEAD_LETTER_LINGER_MS
 from consumer.kafka.errors import delivery_failure
 from consumer.kafka.produce import MessageTooLargeError, blocking_produce, idempotent_producer, too_large
 from consumer.records import DeadLetter
@@ -117,9 +118,6 @@ def _int_or_zero(value: bytes) -> int:
         return int(value.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         return 0
-
-
-DEAD_LETTER_LINGER_MS = 5  # dead letters are few and a batch waits for them: barely batched
 
 
 class KafkaDeadLetterPublisher:

@@ -32,12 +32,11 @@ from consumer.observability.health import HealthServer, HealthState
 from consumer.observability.metrics import Dependency, Metrics
 from consumer.observability.runner_events import RunnerEvents
 from consumer.observability.status import StatusBoard
-from consumer.roles import Sink
 from consumer.secrets import Redactor
 from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
 from consumer.service.breaker import CircuitBreaker
-from consumer.service.components import record_decoder, sql_sink
+from consumer.service.components import prepare_sink, validated_parts
 from consumer.service.executor import SinkThread
 from consumer.service.guard import DlqGuard
 from consumer.service.offsets import OffsetTracker
@@ -46,6 +45,7 @@ from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
 from consumer.service.runner import Runner
 from consumer.settings import SchemaEvolution, Settings, WriteMode
+from consumer.sql.sink import SqlSink
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     metrics.info.labels(__version__, settings.consumer_group_id).set(1)
     health = HealthState(clock, settings.liveness_window_s)
     status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s)
-    decoder = record_decoder(settings)
-    sink = sql_sink(settings)
+    decoder, sink = validated_parts(settings)  # as `check` validates them
     _ensure_dead_letter_topic(kafka_client_config(settings), settings)
     source = KafkaSource(consumer_config(settings), settings.consumer_topics)
     redact = Redactor(settings.secret_values())
@@ -127,18 +126,12 @@ def _ensure_dead_letter_topic(config: dict[str, Any], settings: Settings) -> Non
         log.warning("could not check the dead-letter topic at start", extra={"error": str(exc)})
 
 
-def _prepare_sink(sink: Sink, decoder: Decoder, health: HealthState, add_columns: bool) -> None:
+def _prepare_sink(sink: SqlSink, decoder: Decoder, health: HealthState, add_columns: bool) -> None:
     """Create or evolve the table now when the columns are known; a database that is down is waited for
     by the runner (the first batch retries), a fatal error stops the start. Under
     SINK_SCHEMA_EVOLUTION=none an existing table's columns are the ones writer schemas may use."""
     try:
-        sink.ping()
-        table = None if add_columns else sink.column_names()
-        if table is not None:
-            decoder.keep_to_table(table)
-        columns = decoder.columns()
-        if columns:
-            sink.prepare(columns)
+        prepare_sink(sink, decoder, create=True, add_columns=add_columns)
         health.sink_ok = True
     except TransientError as exc:
         log.warning("sink not answering at start; batches will wait for it", extra={"error": str(exc)})

@@ -1,6 +1,9 @@
 """Construction of the service's parts from `Settings`, public so `check` and the tools build exactly what `run`
 builds: the value decoder (schema file or registry), the record decoder with its idempotency key, the SQL sink,
 the Kafka clients' configuration. `app.build` wires these into a running service; this module starts nothing.
+
+`validated_parts` and `prepare_sink` are the start-up validation `run` and `check` share, so that `check`
+passes exactly the settings `run` accepts.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from consumer.decode.keys import key_source
 from consumer.decode.limits import DecodeLimits
 from consumer.decode.registry import SchemaRegistryClient
 from consumer.decode.schema import AvroSchema, columns_of, field_names, load_schema_file, parse_schema
-from consumer.errors import ConfigError, SchemaRejectedError, TransientError
+from consumer.errors import ConfigError, SchemaRejectedError, SinkRefusedError, TransientError
+from consumer.kafka.config import verify_client_properties
+from consumer.secrets import mask_url
 from consumer.settings import SchemaEvolution, Settings, ValueFormat, WriteMode
 from consumer.sql.columns import column_limits
 from consumer.sql.engine import create_sink_engine
@@ -85,6 +90,50 @@ def sql_sink(settings: Settings) -> SqlSink:
     return SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file), settings.sink_table,
                    upsert=settings.sink_write_mode is WriteMode.UPSERT,
                    typed_values=settings.value_format is ValueFormat.AVRO)
+
+
+def validated_parts(settings: Settings) -> tuple[Decoder, SqlSink]:
+    """What `run` and `check` validate before reaching anything, in this order: the broker list, every
+    librdkafka property (KAFKA_EXTRA__*), the schema and IDEMPOTENCY_KEY against it, the SINK_URL. Each
+    mistake is a ConfigError naming its setting; the decoder and the sink (not yet connected) are returned."""
+    settings.require_bootstrap()
+    verify_client_properties(settings)
+    decoder = record_decoder(settings)
+    sink = sql_sink(settings)
+    warn_if_default_sink(settings)
+    return decoder, sink
+
+
+def warn_if_default_sink(settings: Settings) -> None:
+    """SINK_URL's default is a local SQLite file: fine for a try-out, lost with a container's file system."""
+    default: str = Settings.model_fields["sink_url"].default
+    if settings.sink_url == default:
+        log.warning("SINK_URL is not set: writing to the default SQLite database %s", settings.sink_url,
+                    extra={"setting": "SINK_URL"})
+
+
+def prepare_sink(sink: SqlSink, decoder: Decoder, *, create: bool, add_columns: bool) -> str:
+    """Reach the sink and look at the table as `run` starts: it exists with our columns, or we may create it.
+    `create` (run) then creates or evolves it when the columns are known; `check` changes nothing. Returns
+    what was found. A database that refuses us at start (no such database, authentication failed,
+    permission denied) is a configuration error naming SINK_URL (exit 2); one that does not answer raises
+    TransientError."""
+    try:
+        sink.ping()
+        table = None if add_columns else sink.column_names()
+        if table is not None:  # SINK_SCHEMA_EVOLUTION=none: the existing table's columns are the ones we use
+            decoder.keep_to_table(table)
+        columns = decoder.columns()
+        found = sink.verify(columns)
+        if create and columns:
+            sink.prepare(columns)
+        return found
+    except SinkRefusedError as exc:
+        raise ConfigError(f"SINK_URL: {exc}") from None
+
+
+def shown_sink_url(settings: Settings) -> str:
+    return mask_url(settings.sink_url)
 
 
 def _latest_registry_schema(

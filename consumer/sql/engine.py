@@ -16,6 +16,9 @@ from sqlalchemy.pool import StaticPool
 
 from consumer.errors import ConfigError
 
+SUPPORTED_BACKENDS = ("postgresql", "sqlite")
+SUPPORTED_DATABASES = "PostgreSQL (postgresql://user@host/db) and SQLite (sqlite:///<file>)"
+
 
 def create_sink_engine(url: str, password_file: Path | None) -> Engine:
     """An engine for SINK_URL; `postgresql://` means psycopg 3, the driver we ship."""
@@ -25,7 +28,10 @@ def create_sink_engine(url: str, password_file: Path | None) -> Engine:
             parsed = parsed.set(drivername="postgresql+psycopg")
         if password_file is not None:
             parsed = parsed.set(password=password_file.read_text(encoding="utf-8").strip())
-        if parsed.get_backend_name() == "sqlite":
+        backend = parsed.get_backend_name()
+        if backend not in SUPPORTED_BACKENDS:
+            raise ConfigError(f"SINK_URL: unsupported database {backend!r}; supported: {SUPPORTED_DATABASES}")
+        if backend == "sqlite":
             return _sqlite_engine(parsed)
         connect_args = {k: v for k, v in _LIBPQ_DEFAULTS.items() if k not in parsed.query}
         return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=connect_args)

@@ -10,6 +10,7 @@ once per code as a WARNING, so that an operator sees it and the table can learn 
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 import threading
 from enum import Enum
@@ -17,7 +18,13 @@ from enum import Enum
 import psycopg
 from sqlalchemy.exc import DBAPIError
 
-from consumer.errors import ConsumerError, FatalError, RecordRejectedError, SinkUnavailableError
+from consumer.errors import (
+    ConsumerError,
+    FatalError,
+    RecordRejectedError,
+    SinkRefusedError,
+    SinkUnavailableError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +32,8 @@ log = logging.getLogger(__name__)
 class Blame(Enum):
     TRANSIENT = "transient"  # the database, for now: retry the same batch, never dead-letter
     RECORD = "record"  # the row: bisect the batch, dead-letter the row with stage `sink`
-    FATAL = "fatal"  # our configuration or the database's: stop (exit 1 mid-run, exit 2 at start when it names us)
+    FATAL = "fatal"  # our configuration or the database's: stop (exit 1)
+    REFUSED = "refused"  # fatal, and it names SINK_URL: exit 2 at start (a configuration error), exit 1 mid-run
 
 
 # SQLSTATE (PostgreSQL appendix A): a class (two characters) or a full code (five). The transient classes
@@ -41,9 +49,10 @@ SQLSTATE_BLAME: dict[str, Blame] = {
     "54": Blame.RECORD,  # program limit exceeded: a key too long for its index, a row too wide
     "P0001": Blame.RECORD,  # raise_exception: a trigger refused the row
     "P0004": Blame.RECORD,  # assert_failure: a trigger's ASSERT refused the row
-    "28": Blame.FATAL,  # invalid authorization specification: authentication failed
-    "42": Blame.FATAL,  # syntax error or access rule violation: permission denied, missing table or column
-    "3D": Blame.FATAL,  # invalid catalog name: the database does not exist
+    "28": Blame.REFUSED,  # invalid authorization specification: authentication failed, no such role
+    "42501": Blame.REFUSED,  # insufficient_privilege: permission denied
+    "42": Blame.FATAL,  # syntax error or access rule violation: a missing table or column
+    "3D": Blame.REFUSED,  # invalid catalog name: the database does not exist
     "3F": Blame.FATAL,  # invalid schema name: the schema of the search path does not exist
     "0A": Blame.FATAL,  # feature not supported
     "25006": Blame.FATAL,  # read_only_sql_transaction: we reached a standby; a restart reconnects to the primary
@@ -71,7 +80,33 @@ SQLITE_BLAME: dict[str, Blame] = {
     "SQLITE_NOTADB": Blame.FATAL,  # SINK_URL names a file that is not a database
 }
 
-_ERROR_OF = {Blame.TRANSIENT: SinkUnavailableError, Blame.RECORD: RecordRejectedError, Blame.FATAL: FatalError}
+_ERROR_OF = {
+    Blame.TRANSIENT: SinkUnavailableError,
+    Blame.RECORD: RecordRejectedError,
+    Blame.FATAL: FatalError,
+    Blame.REFUSED: SinkRefusedError,
+}
+
+# libpq reports a connection the server refused during its start-up without the SQLSTATE (the server's
+# ErrorResponse carries one; libpq keeps only the text, and psycopg has no code to give). So for those
+# alone, the server's message stands in for its code: the refusals that name our configuration. A server
+# whose lc_messages is not English is not recognised; its refusals stay transient (retried), as before.
+_STARTUP_REFUSALS = (
+    (re.compile(r'FATAL:\s+database ".*" does not exist'), "3D000"),
+    (re.compile(r"FATAL:\s+password authentication failed"), "28P01"),
+    (re.compile(r"FATAL:\s+\w+ authentication failed"), "28000"),  # peer, ident, cert, ...
+    (re.compile(r'FATAL:\s+role ".*" (does not exist|is not permitted to log in)'), "28000"),
+    (re.compile(r"FATAL:\s+no pg_hba\.conf entry"), "28000"),
+    (re.compile(r"FATAL:\s+permission denied for database"), "42501"),
+)
+
+
+def startup_refusal_sqlstate(orig: BaseException) -> str | None:
+    """The SQLSTATE of a connection refused in its start-up, read from libpq's message; None otherwise."""
+    if not isinstance(orig, psycopg.OperationalError):
+        return None
+    text = str(orig)
+    return next((code for pattern, code in _STARTUP_REFUSALS if pattern.search(text)), None)
 
 
 def sqlstate_blame(sqlstate: str) -> Blame | None:
@@ -108,7 +143,7 @@ class SqlErrorClassifier:
             # A value the driver cannot encode (a lone surrogate from JSON's "\ud800"): the row's fault, raised
             # before anything reached the database. Retrying it would block the partition for good.
             return RecordRejectedError(message)
-        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or startup_refusal_sqlstate(orig)
         if sqlstate:
             return self._by_table(sqlstate_blame(sqlstate), sqlstate, f"{message} (SQLSTATE {sqlstate})")
         if isinstance(orig, (psycopg.DataError, sqlite3.DataError)):

@@ -28,6 +28,7 @@ from consumer.errors import (
     ConsumerError,
     FatalError,
     RecordRejectedError,
+    SinkRefusedError,
     SinkUnavailableError,
     WriteCancelledError,
 )
@@ -290,6 +291,34 @@ class SqlSink:
             conn.exec_driver_sql(f"CREATE TEMPORARY TABLE {preparer.quote(self._stage_name())} ({columns}) "
                                  "ON COMMIT DELETE ROWS")
         return [oid for oid, _type_sql in wanted]
+
+    def verify(self, columns: Sequence[ColumnSpec]) -> str:
+        """What `prepare` would do with the table, changing nothing: it exists and has our columns (those of
+        `columns` it lacks would be added), or it is missing and may be created. Raises FatalError for a
+        table without our meta columns, SinkRefusedError when we may not create the missing table."""
+        with self._translated(), self._engine.connect() as conn:
+            inspector = sa.inspect(conn)
+            if inspector.has_table(self._table_name):
+                existing = {column["name"] for column in inspector.get_columns(self._table_name)}
+                absent_meta = [name for name in META_COLUMNS if name not in existing]
+                if absent_meta:
+                    raise FatalError(f"table {self._table_name!r} lacks the columns {absent_meta}")
+                added = [c.name for c in columns if c.name not in existing and c.name not in META_COLUMNS]
+                return f"table {self._table_name} exists ({len(existing)} columns)" + (
+                    f"; adds {', '.join(added)}" if added else "")
+            if self._postgres:
+                self._require_create_privilege(conn)
+            return f"table {self._table_name} missing; created at start"
+
+    def _require_create_privilege(self, conn: Connection) -> None:
+        schema, may_create = conn.execute(sa.text(
+            "SELECT current_schema(), has_schema_privilege(current_user, current_schema(), 'CREATE')"
+        )).one()
+        if schema is None:
+            raise SinkRefusedError("no schema of the search_path exists to create the table in")
+        if not may_create:
+            raise SinkRefusedError(f"table {self._table_name!r} does not exist and the user may not create it: "
+                                   f"no CREATE privilege on schema {schema!r} (SQLSTATE 42501)")
 
     def column_names(self) -> frozenset[str] | None:
         with self._translated(), self._engine.connect() as conn:

@@ -1,43 +1,63 @@
-"""`check`: validate the configuration, then reach every dependency once; exit 0 when all answer, 1 if one
-does not, 2 when one refuses our settings (credentials, TLS) or the settings themselves are wrong."""
+"""`check`: validate the configuration exactly as `run` does (the same code: components.validated_parts and
+prepare_sink), then reach every dependency once and print what it found; exit 0 when all answer, 1 if one
+does not, 2 when one refuses our settings (credentials, TLS, a database we may not use) or the settings
+themselves are wrong. It changes nothing: no topic, table or column is created."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
+from consumer.decode.decoder import Decoder
 from consumer.errors import ConfigError, ConsumerError
-from consumer.kafka.admin import partition_count
+from consumer.kafka.admin import broker_metadata, partition_count
 from consumer.kafka.config import kafka_client_config
-from consumer.service.components import record_decoder, registry_client, sql_sink
-from consumer.settings import Settings
+from consumer.service.components import prepare_sink, registry_client, shown_sink_url, validated_parts
+from consumer.settings import SchemaEvolution, Settings
+from consumer.sql.sink import SqlSink
+
+_TIMEOUT_S = 10.0
 
 
 def run_check(settings: Settings) -> int:
-    config = kafka_client_config(settings)  # raises ConfigError without KAFKA_BOOTSTRAP_SERVERS
-    record_decoder(settings)  # as `run` builds it: schema file parsed, key field checked; ConfigError if wrong
+    decoder, sink = validated_parts(settings)  # ConfigError, exit 2, for whatever `run` would refuse
+    config = kafka_client_config(settings)
     checks: list[tuple[str, Callable[[], str]]] = [
+        (f"brokers {settings.kafka_bootstrap_servers}", lambda: _brokers_check(config)),
         *((f"topic {topic}", _topic_check(config, topic)) for topic in settings.consumer_topics),
-        ("sink", lambda: _sink_check(settings)),
+        (f"dead-letter topic {settings.dead_letter_topic}", lambda: _dead_letter_check(config, settings)),
+        (f"sink {shown_sink_url(settings)}", lambda: _sink_check(sink, decoder, settings)),
     ]
     if settings.schema_registry_url:
         checks.append(("schema registry", lambda: _registry_check(settings)))
-    failed: list[ConsumerError] = []
-    for name, check in checks:
-        try:
-            print(f"ok    {name}: {check()}")
-        except ConsumerError as exc:
-            failed.append(exc)
-            print(f"FAIL  {name}: {exc}")
-    # a dependency that answered "no" to our settings (refused credentials, an untrusted certificate) is a
-    # configuration error, as it is for `run`; one that did not answer is exit 1
+    try:
+        failed = [exc for name, check in checks if (exc := _report(name, check)) is not None]
+    finally:
+        sink.close()
+    # a dependency that answered "no" to our settings (refused credentials, an untrusted certificate, a
+    # database that does not exist) is a configuration error, as it is for `run`; one that did not answer is 1
     if any(isinstance(exc, ConfigError) for exc in failed):
         return 2
     return 1 if failed else 0
 
 
-def _topic_check(config: dict[str, object], topic: str) -> Callable[[], str]:
+def _report(name: str, check: Callable[[], str]) -> ConsumerError | None:
+    try:
+        print(f"ok    {name}: {check()}")
+        return None
+    except ConsumerError as exc:
+        print(f"FAIL  {name}: {exc}")
+        return exc
+
+
+def _brokers_check(config: Mapping[str, Any]) -> str:
+    brokers = broker_metadata(config, _TIMEOUT_S).brokers
+    return f"{len(brokers)} broker{'s' if len(brokers) != 1 else ''} answer"
+
+
+def _topic_check(config: Mapping[str, Any], topic: str) -> Callable[[], str]:
     def check() -> str:
-        partitions = partition_count(config, topic, timeout_s=10)
+        partitions = partition_count(config, topic, timeout_s=_TIMEOUT_S)
         if partitions is None:
             raise ConsumerError("the topic does not exist")
         return f"{partitions} partitions"
@@ -45,15 +65,18 @@ def _topic_check(config: dict[str, object], topic: str) -> Callable[[], str]:
     return check
 
 
-def _sink_check(settings: Settings) -> str:
-    sink = sql_sink(settings)
-    try:
-        sink.ping()
-    finally:
-        sink.close()
-    return "answers"
+def _dead_letter_check(config: Mapping[str, Any], settings: Settings) -> str:
+    partitions = partition_count(config, settings.dead_letter_topic, timeout_s=_TIMEOUT_S)
+    if partitions is not None:
+        return f"{partitions} partitions"
+    return f"missing; `run` creates it with the partitions of {settings.consumer_topics[0]}"
+
+
+def _sink_check(sink: SqlSink, decoder: Decoder, settings: Settings) -> str:
+    add_columns = settings.sink_schema_evolution is SchemaEvolution.ADD_COLUMNS
+    return f"answers; {prepare_sink(sink, decoder, create=False, add_columns=add_columns)}"
 
 
 def _registry_check(settings: Settings) -> str:
-    registry_client(settings, timeout_s=10).latest("__microbatch_consumer_check__")
+    registry_client(settings, timeout_s=_TIMEOUT_S).latest("__microbatch_consumer_check__")
     return "answers"

@@ -14,9 +14,7 @@ from typing import Any
 
 from consumer.environment import Source, raw_setting, setting_sources
 from consumer.errors import ConfigError
-from consumer.kafka.config import consumer_config, dead_letter_producer_config, shown_client_config
-from consumer.kafka.dead_letters import DEAD_LETTER_LINGER_MS
-from consumer.kafka.produce import idempotent_producer_config
+from consumer.kafka.config import consumer_config, dead_letter_producer_properties, shown_client_config
 from consumer.observability.logs import redactor, secret_values
 from consumer.settings import Settings
 
@@ -65,9 +63,7 @@ def _client_properties(settings: Settings) -> dict[str, Any]:
     try:
         return {
             "consumer": shown_client_config(consumer_config(settings)),
-            "dead_letter_producer": shown_client_config(
-                idempotent_producer_config(dead_letter_producer_config(settings), DEAD_LETTER_LINGER_MS)
-            ),
+            "dead_letter_producer": shown_client_config(dead_letter_producer_properties(settings)),
         }
     except ConfigError as missing:  # no KAFKA_BOOTSTRAP_SERVERS: `run` would stop there, `config` shows why
         return {"not_built": str(missing)}

@@ -53,7 +53,7 @@ def test_a_permission_taken_away_mid_run_stops_with_exit_1_and_leaves_the_batch_
     writer.send(valid_messages(range(500, 800)))
     assert svc.wait(60) == 1
     log = svc.log_text()
-    assert "InsufficientPrivilege" in log and "SQLSTATE 42501" in log and "error_class=FatalError" in log
+    assert "InsufficientPrivilege" in log and "SQLSTATE 42501" in log and "error_class=SinkRefusedError" in log
     assert "Traceback" not in log
     assert committed_offsets(kafka_bootstrap, group, topic, 1) == first
     assert count_rows(sink_url, sink_table) == 500

@@ -12,7 +12,7 @@ import psycopg.errors
 import pytest
 from sqlalchemy.exc import OperationalError
 
-from consumer.errors import FatalError, RecordRejectedError, SinkUnavailableError
+from consumer.errors import FatalError, RecordRejectedError, SinkRefusedError, SinkUnavailableError
 from consumer.sql.errors import SQLITE_BLAME, SQLSTATE_BLAME, SqlErrorClassifier
 
 # (a SQLSTATE of the row, the table key it belongs to, what it must become)
@@ -29,9 +29,10 @@ _SQLSTATE_CASES = [
     ("54000", "54", RecordRejectedError),  # program_limit_exceeded: a key too long for its index
     ("P0001", "P0001", RecordRejectedError),  # raise_exception in a trigger
     ("P0004", "P0004", RecordRejectedError),  # assert_failure in a trigger
-    ("28P01", "28", FatalError),  # invalid_password
-    ("42501", "42", FatalError),  # insufficient_privilege
-    ("3D000", "3D", FatalError),  # invalid_catalog_name: no such database
+    ("28P01", "28", SinkRefusedError),  # invalid_password
+    ("42501", "42501", SinkRefusedError),  # insufficient_privilege
+    ("42P01", "42", FatalError),  # undefined_table
+    ("3D000", "3D", SinkRefusedError),  # invalid_catalog_name: no such database
     ("3F000", "3F", FatalError),  # invalid_schema_name
     ("0A000", "0A", FatalError),  # feature_not_supported
     ("25006", "25006", FatalError),  # read_only_sql_transaction: a standby
@@ -130,3 +131,32 @@ def test_a_value_the_driver_cannot_encode_is_the_rows_fault() -> None:
     with pytest.raises(UnicodeEncodeError) as raised:
         "\ud800".encode()
     assert isinstance(SqlErrorClassifier()(raised.value), RecordRejectedError)
+
+
+@pytest.mark.parametrize(
+    ("server_said", "sqlstate"),
+    [
+        ('FATAL:  database "nosuch" does not exist', "3D000"),
+        ('FATAL:  password authentication failed for user "writer"', "28P01"),
+        ('FATAL:  role "nobody" does not exist', "28000"),
+        ('FATAL:  role "locked" is not permitted to log in', "28000"),
+        ('FATAL:  no pg_hba.conf entry for host "10.0.0.7", user "writer", database "db", no encryption', "28000"),
+        ('FATAL:  permission denied for database "db"', "42501"),
+    ],
+)
+def test_a_connection_refused_in_its_start_up_is_refused_by_its_sqlstate(server_said: str, sqlstate: str) -> None:
+    """libpq gives no SQLSTATE for these: the server's start-up message stands in for it."""
+    orig = psycopg.OperationalError(f'connection failed: connection to server at "db", port 5432 failed: {server_said}')
+    error = SqlErrorClassifier()(OperationalError(None, None, orig))
+    assert type(error) is SinkRefusedError
+    assert f"SQLSTATE {sqlstate}" in str(error)
+
+
+@pytest.mark.parametrize(
+    "server_said",
+    ["FATAL:  the database system is starting up", "FATAL:  sorry, too many clients already",
+     "Connection refused\n\tIs the server running on that host and accepting TCP/IP connections?"],
+)
+def test_other_connection_failures_stay_transient(server_said: str) -> None:
+    orig = psycopg.OperationalError(f'connection failed: connection to server at "db", port 5432 failed: {server_said}')
+    assert type(SqlErrorClassifier()(OperationalError(None, None, orig))) is SinkUnavailableError
