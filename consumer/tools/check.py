@@ -66,9 +66,11 @@ def _topic_check(config: Mapping[str, Any], topic: str) -> Callable[[], str]:
 
 
 def _dead_letter_check(config: Mapping[str, Any], settings: Settings) -> str:
-    partitions = partition_count(config, settings.dead_letter_topic, timeout_s=_TIMEOUT_S)
-    if partitions is not None:
-        return f"{partitions} partitions"
+    # looked up in the whole cluster's list: asking for the topic by name lets a broker with
+    # auto.create.topics.enable create it, and `check` changes nothing
+    described = broker_metadata(config, _TIMEOUT_S).topics.get(settings.dead_letter_topic)
+    if described is not None and described.error is None and described.partitions:
+        return f"{len(described.partitions)} partitions"
     return f"missing; `run` creates it with the partitions of {settings.consumer_topics[0]}"
 
 

@@ -122,8 +122,7 @@ def test_check_prints_brokers_topics_dead_letter_topic_masked_sink_and_table(
     out = done.stdout
     assert f"ok    brokers {kafka_bootstrap}: 1 broker answer" in out
     assert f"ok    topic {topic}: 3 partitions" in out
-    assert f"ok    dead-letter topic {topic}.dlq: " in out  # "missing; `run` creates it" once metadata reads
-    # no longer create topics (issue 17 point 1)
+    assert f"ok    dead-letter topic {topic}.dlq: missing; `run` creates it with the partitions of {topic}" in out
     masked = sink_url.replace("postgres@", "postgres:***@")
     assert f"ok    sink {masked}: answers; table {sink_table} missing; created at start" in out
     assert "pw-Secret-55" not in out + done.stderr
