@@ -12,12 +12,17 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from consumer.errors import RegistryUnavailableError
+from consumer.errors import ConfigError, RegistryUnavailableError
 from consumer.secrets import basic_auth_header, url_credentials
 
 
 class SchemaNotFound(LookupError):
     """The registry answered that it has no schema with that id."""
+
+
+class RegistryCredentialsError(ConfigError):
+    """The registry refused our credentials (401, 403): a configuration error, as refused SASL credentials are;
+    waiting would not change the answer."""
 
 
 class SchemaRegistryClient:
@@ -57,9 +62,9 @@ class SchemaRegistryClient:
             if exc.code == 404:
                 raise SchemaNotFound(path) from None
             if exc.code in (401, 403):  # our credentials, not the registry's health: retrying will not help
-                raise RegistryUnavailableError(
-                    f"schema registry refused the credentials ({exc.code}) for {path}: "
-                    "check SCHEMA_REGISTRY_USER_INFO or the credentials in SCHEMA_REGISTRY_URL") from None
+                raise RegistryCredentialsError(
+                    f"SCHEMA_REGISTRY_USER_INFO/SCHEMA_REGISTRY_URL: the schema registry refused the credentials "
+                    f"({exc.code}) for {path}") from None
             raise RegistryUnavailableError(f"schema registry answered {exc.code} for {path}") from None
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise RegistryUnavailableError(f"schema registry unreachable: {exc}") from None

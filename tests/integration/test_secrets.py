@@ -125,6 +125,7 @@ def test_the_service_and_every_tool_show_no_secret(
     registry_in_url = {**env, "SCHEMA_REGISTRY_URL": f"http://reader:{quote(REGISTRY_PASSWORD, safe='')}@{host}"}
     del registry_in_url["SCHEMA_REGISTRY_USER_INFO"]
     wrong_registry = {**registry_in_url, "SCHEMA_REGISTRY_URL": f"http://reader:{WRONG_REGISTRY_PASSWORD}@{host}"}
+    registry_only = {name: value for name, value in wrong_registry.items() if name != "SCHEMA_FILE"}
     empty_user = {**env, "SINK_URL": sink_url(postgres_url, EMPTY_USER_PASSWORD, user="")}
     del empty_user["SINK_PASSWORD_FILE"]
     in_query = {**env, "SINK_URL": sink_url(postgres_url, query=f"?password={quote(QUERY_PASSWORD, safe='')}")}
@@ -135,6 +136,7 @@ def test_the_service_and_every_tool_show_no_secret(
         ("check", ["check"], with_registry),
         ("check registry in url", ["check"], registry_in_url),
         ("check wrong registry password", ["check"], wrong_registry),
+        ("run with refused registry credentials", ["run"], registry_only),  # the latest schema, at start
         ("check empty user", ["check"], empty_user),
         ("check ?password=", ["check"], in_query),
         ("check bad url", ["check"], bad_port),
@@ -154,9 +156,13 @@ def test_the_service_and_every_tool_show_no_secret(
     assert done["check"].returncode == 0, done["check"].stdout + done["check"].stderr
     assert done["run with a malformed url"].returncode == 2 and "SINK_URL" in done["run with a malformed url"].stderr
     assert "ok    schema registry" in done["check registry in url"].stdout
-    assert "FAIL  schema registry" in done["check wrong registry password"].stdout
+    refused = done["check wrong registry password"]
+    assert refused.returncode == 2 and "FAIL  schema registry: SCHEMA_REGISTRY_USER_INFO/SCHEMA_REGISTRY_URL: " \
+        "the schema registry refused the credentials (401)" in refused.stdout, refused.stdout
     assert json.loads(done["config json"].stdout)["settings"]["SCHEMA_REGISTRY_URL"]["value"].startswith(
         "http://reader:***@")
+    refused_run = done["run with refused registry credentials"]
+    assert refused_run.returncode == 2 and "the schema registry refused the credentials (401)" in refused_run.stderr
     replayed = json.loads(done["dlq replay"].stdout)
     assert replayed["replayed"] == POISON, done["dlq replay"].stdout
     assert done["produce"].returncode == 0, done["produce"].stderr

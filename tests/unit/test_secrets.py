@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from support.fake_registry import FakeSchemaRegistry
 
-from consumer.decode.registry import SchemaRegistryClient
-from consumer.errors import ConfigError, RegistryUnavailableError
+from consumer.decode.registry import RegistryCredentialsError, SchemaRegistryClient
+from consumer.errors import ConfigError
 from consumer.kafka.dead_letters import dead_letter_headers
 from consumer.kafka.headers import ERROR_MESSAGE
 from consumer.observability.logs import JsonFormatter, RedactingFormatter, TextFormatter
@@ -190,7 +190,7 @@ def test_the_registry_client_sends_basic_auth_from_user_info_or_the_url() -> Non
         host = registry.url.removeprefix("http://")
         assert SchemaRegistryClient(registry.url, user_info="reg:p@ss word").latest("t-value") is not None
         assert SchemaRegistryClient(f"http://reg:p%40ss%20word@{host}").latest("t-value") is not None
-        with pytest.raises(RegistryUnavailableError) as info:
+        with pytest.raises(RegistryCredentialsError) as info:
             SchemaRegistryClient(registry.url, user_info="reg:wrong").latest("t-value")
         assert registry.authorizations[:2] == ["Basic cmVnOnBAc3Mgd29yZA=="] * 2
     assert "SCHEMA_REGISTRY_USER_INFO" in str(info.value) and "401" in str(info.value)
