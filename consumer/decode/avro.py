@@ -96,7 +96,7 @@ class SchemalessAvroDecoder:
     def columns(self) -> list[ColumnSpec]:
         return self._columns
 
-    def keep_to_table(self, names: frozenset[str]) -> None:
+    def table_at_start(self, names: frozenset[str]) -> None:
         """The columns are SCHEMA_FILE's: nothing to keep to."""
 
 
@@ -131,7 +131,7 @@ class RegistryAvroDecoder:
         self._columns: dict[str, ColumnSpec] = {c.name: c for c in columns_of(base)} if base else {}
         self._writers: dict[int, _WriterSchema] = {}
         self._refused: dict[int, str] = {}  # schema id -> why: asked once, refused for every record
-        self._table: frozenset[str] | None = None  # the table's columns, under SINK_SCHEMA_EVOLUTION=none
+        self._table: frozenset[str] | None = None  # the table's columns at start, when the database answered
         # The runner decodes the next batch on the polling thread while the worker may decode another:
         # loading a new schema id (and growing the columns) happens under this lock, once per id.
         self._loading = threading.Lock()
@@ -147,12 +147,13 @@ class RegistryAvroDecoder:
     def columns(self) -> list[ColumnSpec]:
         return list(self._columns.values())
 
-    def keep_to_table(self, names: frozenset[str]) -> None:
+    def table_at_start(self, names: frozenset[str]) -> None:
         if self._reader is not None:
             return  # the reader schema's columns, ours
         with self._loading:
             self._table = names
-            self._columns = {name: column for name, column in self._columns.items() if name in names}
+            if not self._rules.adds_columns:
+                self._columns = {name: column for name, column in self._columns.items() if name in names}
 
     def _load(self, schema_id: int) -> _WriterSchema:
         with self._loading:

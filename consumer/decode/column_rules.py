@@ -28,6 +28,11 @@ class ColumnRules:
         self._add_columns = add_columns
         self._reserved = frozenset(name.casefold() for name in limits.reserved_names)
 
+    @property
+    def adds_columns(self) -> bool:
+        """SINK_SCHEMA_EVOLUTION=add-columns."""
+        return self._add_columns
+
     def check(self, columns: Sequence[ColumnSpec]) -> None:
         """One schema's columns on their own: names, decimals, count, duplicates."""
         for column in columns:
@@ -40,9 +45,10 @@ class ColumnRules:
         self, known: Mapping[str, ColumnSpec], new: Sequence[ColumnSpec], table: frozenset[str] | None = None
     ) -> dict[str, ColumnSpec]:
         """The columns after a writer schema `new` joins `known`: its new fields added as nullable columns,
-        or SchemaRejectedError (and `known` unchanged). With evolution off, a schema with a field outside
-        `table` (the table's columns at start) is refused; without them (no table yet, or the database
-        down at start), a field outside the columns known, once some are."""
+        or SchemaRejectedError (and `known` unchanged). `table`, the table's columns at start when known,
+        may hold columns of older schemas: a new field must not equal one of them but for case (SQLite would
+        refuse the column). With evolution off, a schema with a field outside `table` is refused; without
+        it (no table yet, or the database down at start), a field outside the columns known, once some are."""
         self.check(new)
         added = [column for column in new if column.name not in known]
         if not self._add_columns:
@@ -53,8 +59,15 @@ class ColumnRules:
                     f"field {outside[0]!r} is not a column of the table and SINK_SCHEMA_EVOLUTION=none"
                 )
         merged = merge_columns(known, added)
-        self._check_together(list(merged))
+        if added:
+            self._check_together([*merged, *self._older_value_columns(table or frozenset(), merged)])
         return merged
+
+    def _older_value_columns(self, table: frozenset[str], merged: Mapping[str, ColumnSpec]) -> list[str]:
+        """The table's value columns the known columns lack (fields of older schemas)."""
+        prefix = self._limits.reserved_prefix.casefold()
+        return sorted(name for name in table if name not in merged and name.casefold() not in self._reserved
+                      and not name.casefold().startswith(prefix))
 
     def _check_name(self, name: str) -> None:
         limits = self._limits

@@ -42,9 +42,10 @@ class ValueDecoder(Protocol):
         """The value columns known so far; grows when a registry schema adds fields."""
         ...
 
-    def keep_to_table(self, names: frozenset[str]) -> None:
-        """Under SINK_SCHEMA_EVOLUTION=none, the table's columns at start: writer schemas may use only
-        these from now on (a no-op for columns that come from SCHEMA_FILE, ours)."""
+    def table_at_start(self, names: frozenset[str]) -> None:
+        """The table's columns at start: a writer schema's new field must not equal one of them but for
+        case, and under SINK_SCHEMA_EVOLUTION=none writer schemas may use only them (a no-op for columns
+        that come from SCHEMA_FILE, ours)."""
 
 
 def convert(row: dict[str, Any], converters: Mapping[str, Converter]) -> dict[str, Any]:
@@ -80,8 +81,8 @@ class Decoder:
     def columns(self) -> list[ColumnSpec]:
         return self._values.columns()
 
-    def keep_to_table(self, names: frozenset[str]) -> None:
-        self._values.keep_to_table(names)
+    def table_at_start(self, names: frozenset[str]) -> None:
+        self._values.table_at_start(names)
 
     def decode_batch(self, records: Sequence[RawRecord]) -> DecodedBatch:
         out = DecodedBatch()

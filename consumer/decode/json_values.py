@@ -47,7 +47,7 @@ class JsonDecoder:
     def columns(self) -> list[ColumnSpec]:
         return self._columns
 
-    def keep_to_table(self, names: frozenset[str]) -> None:
+    def table_at_start(self, names: frozenset[str]) -> None:
         """The columns are SCHEMA_FILE's (or the one `value` column): nothing to keep to."""
 
 

@@ -44,7 +44,7 @@ from consumer.service.pipeline import Pipeline
 from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
 from consumer.service.runner import Runner
-from consumer.settings import SchemaEvolution, Settings, WriteMode
+from consumer.settings import Settings, WriteMode
 from consumer.sql.sink import SqlSink
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     redact = Redactor(settings.secret_values())
     publisher = KafkaDeadLetterPublisher(dead_letter_producer_config(settings), settings.dead_letter_topic,
                                          settings.consumer_group_id, clock, redact=redact)
-    _prepare_sink(sink, decoder, health, settings.sink_schema_evolution is SchemaEvolution.ADD_COLUMNS)
+    _prepare_sink(sink, decoder, health)
     runner = Runner(
         source=source,
         batcher=Batcher(settings.batch_max_records, settings.batch_max_bytes, settings.batch_max_wait_ms / 1000,
@@ -126,12 +126,12 @@ def _ensure_dead_letter_topic(config: dict[str, Any], settings: Settings) -> Non
         log.warning("could not check the dead-letter topic at start", extra={"error": str(exc)})
 
 
-def _prepare_sink(sink: SqlSink, decoder: Decoder, health: HealthState, add_columns: bool) -> None:
+def _prepare_sink(sink: SqlSink, decoder: Decoder, health: HealthState) -> None:
     """Create or evolve the table now when the columns are known; a database that is down is waited for
-    by the runner (the first batch retries), a fatal error stops the start. Under
-    SINK_SCHEMA_EVOLUTION=none an existing table's columns are the ones writer schemas may use."""
+    by the runner (the first batch retries), a fatal error stops the start. The decoder learns the table's
+    columns first (see Decoder.table_at_start)."""
     try:
-        prepare_sink(sink, decoder, create=True, add_columns=add_columns)
+        prepare_sink(sink, decoder, create=True)
         health.sink_ok = True
     except TransientError as exc:
         log.warning("sink not answering at start; batches will wait for it", extra={"error": str(exc)})

@@ -112,7 +112,7 @@ def warn_if_default_sink(settings: Settings) -> None:
                     extra={"setting": "SINK_URL"})
 
 
-def prepare_sink(sink: SqlSink, decoder: Decoder, *, create: bool, add_columns: bool) -> str:
+def prepare_sink(sink: SqlSink, decoder: Decoder, *, create: bool) -> str:
     """Reach the sink and look at the table as `run` starts: it exists with our columns, or we may create it.
     `create` (run) then creates or evolves it when the columns are known; `check` changes nothing. Returns
     what was found. A database that refuses us at start (no such database, authentication failed,
@@ -120,9 +120,9 @@ def prepare_sink(sink: SqlSink, decoder: Decoder, *, create: bool, add_columns: 
     TransientError."""
     try:
         sink.ping()
-        table = None if add_columns else sink.column_names()
-        if table is not None:  # SINK_SCHEMA_EVOLUTION=none: the existing table's columns are the ones we use
-            decoder.keep_to_table(table)
+        table = sink.column_names()
+        if table is not None:  # new fields are checked against its columns (see Decoder.table_at_start)
+            decoder.table_at_start(table)
         columns = decoder.columns()
         found = sink.verify(columns)
         if create and columns:

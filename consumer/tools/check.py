@@ -13,7 +13,7 @@ from consumer.errors import ConfigError, ConsumerError
 from consumer.kafka.admin import broker_metadata, partition_count
 from consumer.kafka.config import kafka_client_config
 from consumer.service.components import prepare_sink, registry_client, shown_sink_url, validated_parts
-from consumer.settings import SchemaEvolution, Settings
+from consumer.settings import Settings
 from consumer.sql.sink import SqlSink
 
 _TIMEOUT_S = 10.0
@@ -75,8 +75,7 @@ def _dead_letter_check(config: Mapping[str, Any], settings: Settings) -> str:
 
 
 def _sink_check(sink: SqlSink, decoder: Decoder, settings: Settings) -> str:
-    add_columns = settings.sink_schema_evolution is SchemaEvolution.ADD_COLUMNS
-    return f"answers; {prepare_sink(sink, decoder, create=False, add_columns=add_columns)}"
+    return f"answers; {prepare_sink(sink, decoder, create=False)}"
 
 
 def _registry_check(settings: Settings) -> str:

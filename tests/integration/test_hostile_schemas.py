@@ -12,8 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import fastavro
+import pytest
 import sqlalchemy as sa
-from support.db import count_rows, make_engine
+from support.db import connect, count_rows, make_engine
 from support.events import encode_wire, event_id, make_event, schema_json
 from support.kafka import Msg, read_all
 from support.real_registry import RegistryUnderTest
@@ -116,4 +117,41 @@ def test_hostile_writer_schemas_dead_letter_their_records_and_the_service_goes_o
     assert count_rows(sink_url, sink_table) == 260
     assert "campaign" in _columns(sink_url, sink_table)
     assert "latest registry schema not usable" in again.log_text()
+    assert again.terminate() == 0
+
+
+@pytest.mark.parametrize("sink_url", ["sqlite"], indirect=True)
+def test_a_new_field_equal_but_for_case_to_an_older_column_is_a_dead_letter_not_a_failed_alter(
+    kafka_bootstrap: str,
+    make_topic: Callable[..., str],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    schema_registry: RegistryUnderTest,
+    service: StartService,
+) -> None:
+    """SQLite compares column names case-insensitively: a table with an older column `Old_Field` (a field no
+    current schema has) cannot take `old_field`; the ALTER used to fail as fatal, on every start."""
+    topic, writer = setup_topic(kafka_bootstrap, make_topic, partitions=1)
+    subject = f"{topic}-value"
+    v1 = json.loads(schema_json())
+    good = _messages(schema_registry, subject, v1, range(20))  # v1 is the latest at start
+    group = unique("group")
+    env = service_env(kafka_bootstrap, topic, group, sink_url, sink_table, SCHEMA_REGISTRY_URL=schema_registry.url)
+    env.pop("SCHEMA_FILE")
+    svc = service(env)
+    svc.wait_ready()  # the table made from v1
+    with connect(sink_url) as conn:
+        conn.exec_driver_sql(f'ALTER TABLE {sink_table} ADD COLUMN "Old_Field" TEXT')
+    assert svc.terminate() == 0
+
+    clash = _messages(schema_registry, f"{topic}-other", _with({"name": "old_field", "type": OPTIONAL_STRING}),
+                      range(20, 22))
+    writer.send(good[:10] + clash + good[10:])
+    again = service(env)
+    wait_committed(kafka_bootstrap, group, writer, [again])
+    assert count_rows(sink_url, sink_table) == 20
+    [letter, _] = read_all(kafka_bootstrap, f"{topic}.dlq", 2)
+    assert letter.headers["dlq.error.class"] == b"SchemaRejectedError"
+    assert b"'old_field' and 'Old_Field' would be one column" in letter.headers["dlq.error.message"]
     assert again.terminate() == 0

@@ -104,6 +104,23 @@ def test_without_evolution_the_tables_columns_decide_when_known() -> None:
         rules.admit({}, [_text("a"), _text("c")], table)  # even as the first schema seen
 
 
+def test_a_new_field_equal_but_for_case_to_an_older_column_of_the_table_is_refused() -> None:
+    """SQLite compares column names case-insensitively: adding "aB" beside an older "Ab" would fail the
+    ALTER (and with it every start); the table at start holds columns no schema known now has."""
+    table = frozenset({"id", "Ab", *META_COLUMNS})
+    with pytest.raises(SchemaRejectedError, match="'aB' and 'Ab' would be one column"):
+        RULES.admit({"id": _text("id")}, [_text("id"), _text("aB")], table)
+    assert set(RULES.admit({"id": _text("id")}, [_text("id"), _text("c")], table)) == {"id", "c"}
+
+
+def test_the_tables_older_columns_count_towards_the_cap_when_a_schema_adds_one() -> None:
+    rules = ColumnRules(column_limits(3))
+    table = frozenset({"a", "old_1", "old_2", *META_COLUMNS})
+    assert rules.admit({"a": _text("a")}, [_text("a")], table) == {"a": _text("a")}  # adds nothing: fine
+    with pytest.raises(SchemaRejectedError, match="4 columns, over the limit of 3"):
+        rules.admit({"a": _text("a")}, [_text("a"), _text("b")], table)
+
+
 # --- the registry decoder ----------------------------------------------------------------------------------
 
 
@@ -185,7 +202,7 @@ def test_kept_to_the_table_the_latest_schemas_extra_field_is_dropped_and_refused
     registry = _Registry({3: _schema(extra), 4: _schema()})
     rules = ColumnRules(column_limits(1000), add_columns=False)
     values = RegistryAvroDecoder(registry, None, rules, parse_schema(_schema(extra)))
-    values.keep_to_table(frozenset({"id", "_kafka_topic"}))
+    values.table_at_start(frozenset({"id", "_kafka_topic"}))
     assert [c.name for c in values.columns()] == ["id"]
     with pytest.raises(SchemaRejectedError, match="'extra' is not a column of the table"):
         values.decode(_wire(3, b"\x04k1\x00"))
