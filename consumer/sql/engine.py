@@ -27,7 +27,7 @@ def create_sink_engine(url: str, password_file: Path | None) -> Engine:
         if parsed.drivername in ("postgresql", "postgres"):
             parsed = parsed.set(drivername="postgresql+psycopg")
         if password_file is not None:
-            parsed = parsed.set(password=password_file.read_text(encoding="utf-8").strip())
+            parsed = parsed.set(password=_read_password(password_file))
         backend = parsed.get_backend_name()
         if backend not in SUPPORTED_BACKENDS:
             raise ConfigError(f"SINK_URL: unsupported database {backend!r}; supported: {SUPPORTED_DATABASES}")
@@ -37,6 +37,13 @@ def create_sink_engine(url: str, password_file: Path | None) -> Engine:
         return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:
         raise ConfigError(f"SINK_URL: {exc}") from None
+    except OSError as exc:  # SQLite's folder cannot be made
+        raise ConfigError(f"SINK_URL: {exc}") from None
+
+
+def _read_password(password_file: Path) -> str:
+    try:
+        return password_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"SINK_PASSWORD_FILE: {exc}") from None
 

@@ -45,8 +45,10 @@ def _last_line(done: subprocess.CompletedProcess[str]) -> str:
          "configuration error: SINK_URL: unsupported database 'mysql'; supported: PostgreSQL"),
         ({"SINK_URL": "postgress://user@db/warehouse"},
          "configuration error: SINK_URL: unsupported database 'postgress'; supported: PostgreSQL"),
+        ({"SINK_URL": "sqlite:////proc/no_such_folder/sink.db"}, "configuration error: SINK_URL: [Errno"),
     ],
-    ids=["unknown-property", "bad-value", "conflicting-properties", "key-not-in-schema", "mysql", "typo"],
+    ids=["unknown-property", "bad-value", "conflicting-properties", "key-not-in-schema", "mysql", "typo",
+         "sqlite-folder"],
 )
 def test_check_and_run_refuse_the_same_settings_with_the_same_line(
     tmp_path: Path, bad: dict[str, str], line: str
