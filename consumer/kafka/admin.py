@@ -1,11 +1,13 @@
 """Admin helpers: cluster metadata (refused credentials or TLS named as the setting to fix), the dead-letter
-topic created when missing, a topic's partition count."""
+topic created when missing (and only once its source topics exist), a topic's partition count.
+
+Nothing here creates a topic we only read: every client sets allow.auto.create.topics=false (config.py)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -65,6 +67,20 @@ def ensure_topic(
         error = kafka_error(exc)
         if error is None or error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise translate(exc, f"kafka: cannot create topic {topic}") from None
+
+
+def ensure_dead_letter_topic(
+    config: Mapping[str, Any], dead_letter_topic: str, source_topics: Sequence[str], timeout_s: float = 15.0,
+    topic_config: Mapping[str, str] | None = None,
+) -> list[str]:
+    """The source topics that do not exist; when none is missing, the dead-letter topic exists on return
+    (created with the first source topic's partition count and `topic_config`). A missing source topic
+    creates nothing: a misspelt CONSUMER_TOPICS must not leave a dead-letter topic behind either."""
+    counts = {topic: partition_count(config, topic, timeout_s) for topic in source_topics}
+    missing = [topic for topic, count in counts.items() if count is None]
+    if not missing:
+        ensure_topic(config, dead_letter_topic, counts[source_topics[0]] or 1, timeout_s, topic_config)
+    return missing
 
 
 def partition_count(config: Mapping[str, Any], topic: str, timeout_s: float = 15.0) -> int | None:

@@ -28,6 +28,11 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
     config: dict[str, Any] = {
         "bootstrap.servers": settings.require_bootstrap(),
         "security.protocol": settings.kafka_security_protocol.value,
+        # A metadata request naming a topic (AdminClient.list_topics(topic), a producer's first send) would
+        # otherwise create it on a broker with auto.create.topics.enable (Kafka's default): a misspelt
+        # CONSUMER_TOPICS became an empty topic and a ready pod consuming nothing. We create only the
+        # dead-letter topic, explicitly (admin.ensure_dead_letter_topic).
+        "allow.auto.create.topics": False,
     }
     if settings.kafka_sasl_mechanism:
         config["sasl.mechanism"] = settings.kafka_sasl_mechanism

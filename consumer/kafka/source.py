@@ -103,6 +103,9 @@ class KafkaSource:
             error = message.error()
             if error is None:
                 records.append(_to_raw(message))
+            elif error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                # a subscribed topic that does not exist (yet): the service's TopicWatch reports it once
+                log.debug("subscribed topic not available", extra={"error": error.str(), "topic": message.topic()})
             elif error.code() != KafkaError._PARTITION_EOF:
                 if error.fatal():
                     raise FatalError(f"kafka: {error.str()}")

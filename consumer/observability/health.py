@@ -1,5 +1,5 @@
-"""HTTP on METRICS_PORT: /metrics, /healthz (the loop polled recently), /readyz (joined, sink answered,
-not held), /status (a JSON snapshot the runner publishes; the live consumer is never touched here)."""
+"""HTTP on METRICS_PORT: /metrics, /healthz (the loop polled recently), /readyz (every topic exists, joined,
+sink answered, not held), /status (a JSON snapshot the runner publishes; the live consumer is never touched here)."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class HealthState:
         self.breaker_open = False
         self.guard_tripped = False
         self.shutting_down = False
+        self.missing_topics: tuple[str, ...] = ()  # source topics the broker does not know (yet)
         self.status: dict[str, Any] = {}
 
     def beat(self) -> None:
@@ -42,6 +43,8 @@ class HealthState:
     def not_ready_because(self) -> str | None:
         if self.shutting_down:
             return "shutting down"
+        if self.missing_topics:
+            return "; ".join(f"topic {topic} does not exist" for topic in self.missing_topics)
         if not self.joined:
             return "not joined to the consumer group yet"
         if not self.sink_ok:
@@ -58,7 +61,7 @@ def status_body(state: HealthState) -> dict[str, Any]:
     reason = state.not_ready_because()
     guard = {**state.status.get("guard", {}), "tripped": state.guard_tripped}
     return {**state.status, "live": state.live(), "ready": reason is None, "not_ready_because": reason,
-            "shutting_down": state.shutting_down, "guard": guard}
+            "shutting_down": state.shutting_down, "guard": guard, "missing_topics": list(state.missing_topics)}
 
 
 class HealthServer:

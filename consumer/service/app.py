@@ -11,7 +11,7 @@ import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
 
 from prometheus_client import CollectorRegistry
 
@@ -19,7 +19,7 @@ from consumer import __version__
 from consumer.clock import Clock, SystemClock
 from consumer.decode.decoder import Decoder
 from consumer.errors import TransientError
-from consumer.kafka.admin import ensure_topic, partition_count
+from consumer.kafka.admin import ensure_dead_letter_topic
 from consumer.kafka.config import (
     consumer_config,
     dead_letter_max_bytes,
@@ -44,6 +44,7 @@ from consumer.service.pipeline import Pipeline
 from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
 from consumer.service.runner import Runner
+from consumer.service.topic_watch import CHECK_TIMEOUT_S, TopicWatch
 from consumer.settings import Settings, WriteMode
 from consumer.sql.sink import SqlSink
 
@@ -63,10 +64,13 @@ class Application:
     server: HealthServer
     metrics: Metrics
     closers: list[Callable[[], None]] = field(default_factory=list)
+    starters: list[Callable[[], None]] = field(default_factory=list)  # background work begun with the run
 
     def run(self) -> int:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         self.server.start()
+        for start in self.starters:
+            start()
         try:
             return self.runner.run()
         finally:
@@ -83,7 +87,7 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     health = HealthState(clock, settings.liveness_window_s)
     status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s)
     decoder, sink = validated_parts(settings)  # as `check` validates them
-    _ensure_dead_letter_topic(kafka_client_config(settings), settings)
+    watch, all_present = _topic_watch(settings, health, clock)
     source = KafkaSource(consumer_config(settings), settings.consumer_topics)
     redact = Redactor(settings.secret_values())
     publisher = KafkaDeadLetterPublisher(dead_letter_producer_config(settings), settings.dead_letter_topic,
@@ -112,18 +116,19 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     )
     metrics.batch_max_records.set(settings.batch_max_records)
     server = HealthServer(settings.metrics_port, registry, health, settings.secret_values())
-    return Application(runner, health, server, metrics, closers=[publisher.close, sink.close])
+    return Application(runner, health, server, metrics, closers=[watch.close, publisher.close, sink.close],
+                       starters=[] if all_present else [watch.start])
 
 
-def _ensure_dead_letter_topic(config: dict[str, Any], settings: Settings) -> None:
-    try:
-        partitions = partition_count(config, settings.consumer_topics[0]) or 1
-        # max.message.bytes: room for a letter of MAX_RECORD_BYTES (a broker's default is about 1 MiB)
-        ensure_topic(config, settings.dead_letter_topic, partitions,
-                     topic_config={"max.message.bytes": str(dead_letter_max_bytes(settings))})
-    except TransientError as exc:
-        # The producer will retry; a missing topic then shows as delivery failures and blocks commits.
-        log.warning("could not check the dead-letter topic at start", extra={"error": str(exc)})
+def _topic_watch(settings: Settings, health: HealthState, clock: Clock) -> tuple[TopicWatch, bool]:
+    """Look for the source topics now (the dead-letter topic is made before the first batch when they exist);
+    the watch keeps looking in the background while one is missing or the broker did not answer."""
+    # max.message.bytes: room for a letter of MAX_RECORD_BYTES (a broker's default is about 1 MiB)
+    find_missing = partial(ensure_dead_letter_topic, kafka_client_config(settings), settings.dead_letter_topic,
+                           settings.consumer_topics, CHECK_TIMEOUT_S,
+                           {"max.message.bytes": str(dead_letter_max_bytes(settings))})
+    watch = TopicWatch(find_missing, health, clock)
+    return watch, watch.check()
 
 
 def _prepare_sink(sink: SqlSink, decoder: Decoder, health: HealthState) -> None:
