@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from typing import Protocol
 
@@ -26,3 +27,8 @@ class SystemClock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+def iso8601(wall_s: float) -> str:
+    """A wall-clock time as people and log searches read it: UTC, milliseconds, `Z`."""
+    return dt.datetime.fromtimestamp(wall_s, tz=dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -11,6 +11,16 @@ TopicPartition = tuple[str, int]
 Headers = tuple[tuple[str, bytes | None], ...]
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerReachability:
+    """Whether any broker answers; while none does, since when (wall and monotonic seconds) and why."""
+
+    reachable: bool = True
+    since_wall: float | None = None
+    since_monotonic: float | None = None
+    last_error: str | None = None
+
+
 class CloseReason(StrEnum):
     """Why a batch closed; the `reason` label of consumer_batches_closed_total."""
 

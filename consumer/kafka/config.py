@@ -13,6 +13,7 @@ from confluent_kafka import Consumer, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from consumer.errors import ConfigError
+from consumer.kafka.connectivity import LibrdkafkaLog, quiet_error_cb
 from consumer.kafka.errors import describe
 from consumer.kafka.produce import idempotent_producer_config
 from consumer.secrets import MASK, is_secret_property
@@ -21,6 +22,12 @@ from consumer.settings import GroupProtocol, Settings
 DEAD_LETTER_LINGER_MS = 5  # dead letters are few and a batch waits for them: barely batched
 # librdkafka's own log lines go through Python logging (served inside poll), so LOG_FORMAT=json holds for them
 KAFKA_LOGGER = "consumer.kafka"
+
+
+def client_logging() -> dict[str, Any]:
+    """The `logger` property: given at construction, or the lines before a client's first poll go to stderr
+    as plain text. A client's lines then reach Python only from its poll() or flush()."""
+    return {"logger": LibrdkafkaLog(logging.getLogger(KAFKA_LOGGER))}
 
 
 def kafka_client_config(settings: Settings) -> dict[str, Any]:
@@ -33,6 +40,7 @@ def kafka_client_config(settings: Settings) -> dict[str, Any]:
         # CONSUMER_TOPICS became an empty topic and a ready pod consuming nothing. We create only the
         # dead-letter topic, explicitly (admin.ensure_dead_letter_topic).
         "allow.auto.create.topics": False,
+        **client_logging(),
     }
     if settings.kafka_sasl_mechanism:
         config["sasl.mechanism"] = settings.kafka_sasl_mechanism
@@ -70,7 +78,6 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # benchmark's throughput, produce-to-commit p50 408/400 -> 264/269 ms, p99 740/760 -> 681/683 ms;
         # draining a backlog unchanged (53.7k/55.0k -> 56.5k/55.3k records/s); idle, a few fetches a second.
         "fetch.wait.max.ms": 100,
-        "logger": logging.getLogger(KAFKA_LOGGER),
         **kafka_client_config(settings),
     }
 
@@ -88,9 +95,10 @@ def dead_letter_max_bytes(settings: Settings) -> int:
 
 def dead_letter_producer_config(settings: Settings) -> dict[str, Any]:
     """The dead-letter publisher's client: the shared properties (a KAFKA_EXTRA__MESSAGE_MAX_BYTES wins),
-    room for the largest record, logging through Python like the consumer."""
+    room for the largest record; its connection errors are the consumer's to report (BrokerConnectivity),
+    so they stay at DEBUG here."""
     return {"message.max.bytes": dead_letter_max_bytes(settings), **kafka_client_config(settings),
-            "logger": logging.getLogger(KAFKA_LOGGER)}
+            "error_cb": quiet_error_cb}
 
 
 def dead_letter_producer_properties(settings: Settings) -> dict[str, Any]:

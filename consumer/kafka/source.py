@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 from confluent_kafka import TopicPartition as KafkaPartition
 
 from consumer.errors import FatalError
+from consumer.kafka.connectivity import BrokerConnectivity
 from consumer.kafka.errors import client_construction, translate
 from consumer.records import CommitOutcome, RawRecord, TopicPartition
 from consumer.roles import RebalanceListener
@@ -47,8 +48,11 @@ def _to_raw(message: Message) -> RawRecord:
 
 
 class KafkaSource:
-    def __init__(self, config: Mapping[str, Any], topics: list[str]) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], topics: list[str], connectivity: BrokerConnectivity | None = None
+    ) -> None:
         self._topics = topics
+        self._connectivity = connectivity
         self._fatal: KafkaError | None = None
         self._group_committed: dict[TopicPartition, int] = {}
         with client_construction():
@@ -57,15 +61,20 @@ class KafkaSource:
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
             self._fatal = error
+        elif self._connectivity is not None and self._connectivity.error(error):
+            return  # a connection attempt failed: the connectivity state says it once, not once per retry
         log.warning("kafka client error", extra={"error": error.str(), "code": error.name()})
 
     def _on_stats(self, report: str) -> None:
-        """librdkafka statistics (every `statistics.interval.ms`, inside poll): keep each partition's
-        committed offset as the group knows it, or its low watermark when the group has none yet."""
+        """librdkafka statistics (every `statistics.interval.ms`, inside poll): whether a broker is up, and
+        each partition's committed offset as the group knows it, or its low watermark when it has none yet."""
         try:
-            topics = json.loads(report).get("topics", {})
+            parsed = json.loads(report)
         except json.JSONDecodeError:
             return
+        if self._connectivity is not None:
+            self._connectivity.statistics(parsed.get("brokers", {}))
+        topics = parsed.get("topics", {})
         known: dict[TopicPartition, int] = {}
         for topic, described in topics.items():
             for partition, stats in described.get("partitions", {}).items():

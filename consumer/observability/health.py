@@ -12,7 +12,8 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumer.clock import Clock
+from consumer.clock import Clock, iso8601
+from consumer.records import BrokerReachability
 from consumer.secrets import Redactor
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,24 @@ class HealthState:
         self.guard_tripped = False
         self.shutting_down = False
         self.missing_topics: tuple[str, ...] = ()  # source topics the broker does not know (yet)
+        self.broker = BrokerReachability()
         self.status: dict[str, Any] = {}
 
     def beat(self) -> None:
         self._last_beat = self._clock.monotonic()
+
+    def broker_changed(self, state: BrokerReachability) -> None:
+        self.broker = state
+
+    def broker_view(self) -> dict[str, Any]:
+        """/status `broker`: reachable, or since when (ISO 8601 and seconds) and the last error."""
+        state = self.broker
+        if state.reachable:
+            return {"reachable": True}
+        since_wall = state.since_wall if state.since_wall is not None else self._clock.wall()
+        since = state.since_monotonic if state.since_monotonic is not None else self._clock.monotonic()
+        return {"reachable": False, "since": iso8601(since_wall),
+                "for_seconds": round(self._clock.monotonic() - since, 1), "last_error": state.last_error}
 
     def live(self) -> bool:
         return self._clock.monotonic() - self._last_beat <= self._liveness_window_s
@@ -43,6 +58,8 @@ class HealthState:
     def not_ready_because(self) -> str | None:
         if self.shutting_down:
             return "shutting down"
+        if not self.broker.reachable:
+            return "broker unreachable"
         if self.missing_topics:
             return "; ".join(f"topic {topic} does not exist" for topic in self.missing_topics)
         if not self.joined:
@@ -61,7 +78,8 @@ def status_body(state: HealthState) -> dict[str, Any]:
     reason = state.not_ready_because()
     guard = {**state.status.get("guard", {}), "tripped": state.guard_tripped}
     return {**state.status, "live": state.live(), "ready": reason is None, "not_ready_because": reason,
-            "shutting_down": state.shutting_down, "guard": guard, "missing_topics": list(state.missing_topics)}
+            "shutting_down": state.shutting_down, "guard": guard, "missing_topics": list(state.missing_topics),
+            "broker": state.broker_view()}
 
 
 class HealthServer:

@@ -26,6 +26,7 @@ from consumer.kafka.config import (
     dead_letter_producer_config,
     kafka_client_config,
 )
+from consumer.kafka.connectivity import BrokerConnectivity
 from consumer.kafka.dead_letters import KafkaDeadLetterPublisher
 from consumer.kafka.source import KafkaSource
 from consumer.observability.health import HealthServer, HealthState
@@ -88,7 +89,8 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s)
     decoder, sink = validated_parts(settings)  # as `check` validates them
     watch, all_present = _topic_watch(settings, health, clock)
-    source = KafkaSource(consumer_config(settings), settings.consumer_topics)
+    source = KafkaSource(consumer_config(settings), settings.consumer_topics,
+                         BrokerConnectivity(clock, health.broker_changed))
     redact = Redactor(settings.secret_values())
     publisher = KafkaDeadLetterPublisher(dead_letter_producer_config(settings), settings.dead_letter_topic,
                                          settings.consumer_group_id, clock, redact=redact)

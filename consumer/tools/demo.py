@@ -32,6 +32,7 @@ from consumer.clock import SystemClock
 from consumer.decode.schema import load_schema_file
 from consumer.errors import ConfigError, TransientError
 from consumer.kafka.admin import ensure_topic
+from consumer.kafka.config import client_logging
 from consumer.observability.logs import configure
 from consumer.observability.metrics import Metrics, Outcome
 from consumer.settings import load_settings
@@ -73,7 +74,7 @@ def _start_broker(binary: str) -> tuple[subprocess.Popen[bytes], str]:
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
         )
     # librdkafka logs each refused connection while the broker starts listening; the wait is expected
-    AdminClient({"bootstrap.servers": address, "log_level": 0}).list_topics(timeout=30)
+    AdminClient({"bootstrap.servers": address, "log_level": 0, **client_logging()}).list_topics(timeout=30)
     return process, address
 
 
@@ -153,9 +154,9 @@ def run_demo(records: int, keep_running: bool, fmt: str = "text") -> int:
         return 1
     try:
         view.print(f"demo: broker on {address}; producing {records} events to {TOPIC} ...")
-        ensure_topic({"bootstrap.servers": address}, TOPIC, 3)
+        ensure_topic({"bootstrap.servers": address, **client_logging()}, TOPIC, 3)
         produced = produce_events(
-            {"bootstrap.servers": address}, load_schema_file(schema_path),
+            {"bootstrap.servers": address, **client_logging()}, load_schema_file(schema_path),
             ProducePlan(topic=TOPIC, count=records, poison_ratio=0.02, duplicate_ratio=0.02, tombstone_ratio=0.01,
                         id_field="event_id", seed=7),
         )
@@ -232,7 +233,7 @@ def _dead_letters_by_stage(address: str, dlq_topic: str) -> dict[str, int]:
     from consumer.tools.dlq_reading import Selection
 
     try:
-        inspection = inspect_topic({"bootstrap.servers": address}, dlq_topic, f"{GROUP}.dlq-inspect",
+        inspection = inspect_topic({"bootstrap.servers": address, **client_logging()}, dlq_topic, f"{GROUP}.dlq-inspect",
                                    Selection(), limit=0, timeout_s=15.0)
     except (ConsumerError, KafkaException):
         return {}
