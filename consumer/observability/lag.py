@@ -7,10 +7,12 @@ report it (fetched at assignment), else the low watermark (a new group starts at
 Lag in seconds is the age of the oldest record not yet committed, measured per batch, not per record:
 a partition with lag reports the age of the oldest record in hand (the first record of the oldest batch
 polled and not yet committed). The maximum over partitions is therefore exact; a single partition may
-read high while another partition's older batch is in hand. A partition without lag reads 0. When a
-partition's records leave our hands uncommitted (the dead-letter guard dropped them), the age last seen
-keeps growing for as long as its committed offset stays where it was; after a commit, a partition whose
-next records are not in hand yet reads 0 until they are polled.
+read high while another partition's older batch is in hand. A partition without lag reads 0. Records the
+dead-letter guard let go uncommitted count as in hand (the runner's view keeps their first timestamps), so
+lag in seconds keeps growing for as long as the guard holds, however fast the refused batch went through.
+When records leave our hands otherwise, the age last seen keeps growing for as long as the committed
+offset stays where it was; after a commit, a partition whose next records are not in hand yet reads 0
+until they are polled.
 """
 
 from __future__ import annotations

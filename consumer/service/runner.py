@@ -249,6 +249,8 @@ class Runner:
         """Stop dead-lettering and committing for good: drop what is in hand uncommitted, pause everything
         and keep polling so the group keeps us (and our partitions) until an operator restarts us."""
         self._phase = Phase.HELD
+        # Lag in seconds must keep describing this incident: the records let go stay the oldest uncommitted
+        self._view.let_go(batch.records[0].timestamp_ms if batch.records else -1)
         self._hand.drop_waiting()
         dropped = len(batch) + len(self._batcher.flush(CloseReason.SHUTDOWN) or ())
         self._observer.guard_tripped(batch, exc, dropped)
@@ -380,6 +382,7 @@ class _LagView:
         self, source: Source, offsets: OffsetTracker, batcher: Batcher, hand: InHand, paused: set[TopicPartition]
     ) -> None:
         self._offsets, self._batcher, self._hand, self._paused = offsets, batcher, hand, paused
+        self._let_go: list[int] = []  # first-record timestamps of batches dropped uncommitted (the guard's)
         self.committed_offset = offsets.committed_offset
         self.group_committed = source.group_committed
         self.high_watermark = source.high_watermark
@@ -390,8 +393,17 @@ class _LagView:
     def paused(self) -> set[TopicPartition]:
         return self._paused
 
-    def oldest_in_hand_ms(self) -> int | None:
-        """The oldest first-record timestamp of the batches in hand and the open one (batch-level)."""
+    def let_go(self, first_timestamp_ms: int) -> None:
+        """The guard refused a batch and everything behind it: nothing is committed from here on, so the
+        refused batch's first record stays the oldest uncommitted one, whatever is in hand later."""
+        self._let_go = [*self._hand.first_timestamps(), first_timestamp_ms]
         opened = self._batcher.oldest_timestamp_ms()
-        in_hand = self._hand.first_timestamps()
+        if opened is not None:
+            self._let_go.append(opened)
+
+    def oldest_in_hand_ms(self) -> int | None:
+        """The oldest first-record timestamp of the batches in hand, the open one and those let go
+        uncommitted (batch-level)."""
+        opened = self._batcher.oldest_timestamp_ms()
+        in_hand = [*self._hand.first_timestamps(), *self._let_go]
         return oldest_timestamp_ms(in_hand if opened is None else [*in_hand, opened])

@@ -49,13 +49,14 @@ class FakeSource:
         self.handed_out = 0
         self.closed = False
         self._fed: dict[TopicPartition, int] = {}
+        self.high_watermarks: dict[TopicPartition, int] = {}
 
-    def feed(self, partition: TopicPartition, count: int) -> None:
+    def feed(self, partition: TopicPartition, count: int, timestamp_ms: int = 0) -> None:
         """Append `count` records to `partition`, offsets following the ones fed before."""
         with self._lock:
             start = self._fed.get(partition, 0)
             self._queues[partition].extend(
-                RawRecord(partition[0], partition[1], start + i, 0, None, b"v") for i in range(count)
+                RawRecord(partition[0], partition[1], start + i, timestamp_ms, None, b"v") for i in range(count)
             )
             self._fed[partition] = start + count
 
@@ -129,7 +130,7 @@ class FakeSource:
         return CommitOutcome(committed=dict(offsets))
 
     def high_watermark(self, partition: TopicPartition) -> int | None:
-        return None
+        return self.high_watermarks.get(partition)  # set by a test of lag; librdkafka's cache otherwise
 
     def group_committed(self, partition: TopicPartition) -> int | None:
         return None

@@ -603,3 +603,27 @@ def test_dead_letters_the_broker_did_not_take_are_the_brokers_failure_not_the_si
     stepped.runner.turn()
     assert stepped.source.commits == [{P0: BATCH}]
     assert stepped.metric("consumer_circuit_breaker_state", dependency="broker") == 0
+
+
+def test_lag_seconds_keep_growing_while_the_guard_holds_the_records_it_let_go(stepped: Stepped) -> None:
+    """The incident lag must describe: nothing is in hand any more, yet the records stay uncommitted."""
+    stepped.pipeline.failures[2] = [GuardTrippedError("too many dead letters")]
+    stepped.source.feed(P0, BATCH)
+    stepped.source.high_watermarks[P0] = BATCH
+    stepped.runner.turn()  # batch 1 in flight
+    stepped.executor.finish()
+    stepped.runner.turn()  # batch 1 committed; its lag refresh sees nothing behind it
+    sent_ms = int(stepped.clock.wall() * 1000)
+    stepped.source.feed(P0, BATCH, timestamp_ms=sent_ms)
+    stepped.source.high_watermarks[P0] = 2 * BATCH
+    stepped.runner.turn()  # batch 2 in flight before the next lag refresh is due
+    stepped.executor.finish()
+    stepped.runner.turn()  # batch 2 trips the guard
+    assert stepped.runner.phase is Phase.HELD
+    for _ in range(30):
+        stepped.clock.advance(1)
+        stepped.runner.turn()
+    held_s = stepped.clock.wall() - sent_ms / 1000
+    assert stepped.metric("consumer_lag_seconds", topic=TOPIC, partition="0") == pytest.approx(held_s, abs=1.0)
+    assert stepped.metric("consumer_lag_records", topic=TOPIC, partition="0") == BATCH
+    assert stepped.health.status["lag"]["seconds"] == pytest.approx(held_s, abs=1.0)
