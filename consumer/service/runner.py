@@ -131,10 +131,14 @@ class Runner:
             return
         self._hold_or_release()  # a batch still queued behind a long write: pause before polling for more
         records = self._source.poll(self._batcher.room(), self._poll_timeout())
-        self._observer.polled(self._view)
-        if self._phase is not Phase.HELD:  # held, it polls only to stay in the group; nothing is kept
+        held = self._phase is Phase.HELD  # held, it polls only to stay in the group; nothing is kept
+        if not held:
             self._hand.extend(self._batcher.add(records))
             self._hand.add(self._batcher.close_if_due())
+        # after the records are in hand: the fetch that brought them raised the high watermark, so a lag
+        # refresh before would count them without their age (lag seconds 0 with records lagging)
+        self._observer.polled(self._view)
+        if not held:
             self._advance()
         self._hold_or_release()
 

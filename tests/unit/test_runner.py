@@ -627,3 +627,16 @@ def test_lag_seconds_keep_growing_while_the_guard_holds_the_records_it_let_go(st
     assert stepped.metric("consumer_lag_seconds", topic=TOPIC, partition="0") == pytest.approx(held_s, abs=1.0)
     assert stepped.metric("consumer_lag_records", topic=TOPIC, partition="0") == BATCH
     assert stepped.health.status["lag"]["seconds"] == pytest.approx(held_s, abs=1.0)
+
+
+def test_records_a_poll_brought_have_their_age_in_the_lag_refresh_of_that_turn(stepped: Stepped) -> None:
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()
+    stepped.executor.finish()
+    stepped.runner.turn()  # committed at BATCH: nothing lags
+    sent_ms = int(stepped.clock.wall() * 1000) - 5000
+    stepped.source.feed(P0, 10, timestamp_ms=sent_ms)  # fewer than a batch: they stay in the open batch
+    stepped.source.high_watermarks[P0] = BATCH + 10
+    stepped.clock.advance(2)  # a lag refresh is due on the next turn
+    stepped.runner.turn()
+    assert stepped.metric("consumer_lag_seconds", topic=TOPIC, partition="0") == pytest.approx(7.0, abs=0.5)
