@@ -1,14 +1,15 @@
-"""HTTP on METRICS_PORT: /metrics, /healthz (the loop polled recently), /readyz (every topic exists, joined,
-sink answered, not held), /status (a JSON snapshot the runner publishes; the live consumer is never touched here)."""
+"""HTTP on METRICS_PORT: /metrics, /healthz (the loop polled recently), /readyz (a broker answers, every
+topic exists, joined, sink answered, not held), /status (a JSON snapshot the runner publishes, its times
+made readable when read; the live consumer is never touched here)."""
 
 from __future__ import annotations
 
 import json
 import logging
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeGuard
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
@@ -38,6 +39,9 @@ class HealthState:
 
     def beat(self) -> None:
         self._last_beat = self._clock.monotonic()
+
+    def wall(self) -> float:
+        return self._clock.wall()
 
     def broker_changed(self, state: BrokerReachability) -> None:
         self.broker = state
@@ -74,12 +78,45 @@ class HealthState:
 
 
 def status_body(state: HealthState) -> dict[str, Any]:
-    """The runner's snapshot plus what only the probes know right now (liveness, readiness, the guard)."""
+    """The runner's snapshot plus what only the probes know right now (liveness, readiness, the guard), its
+    times made readable as of now."""
     reason = state.not_ready_because()
     guard = {**state.status.get("guard", {}), "tripped": state.guard_tripped}
-    return {**state.status, "live": state.live(), "ready": reason is None, "not_ready_because": reason,
+    readable = readable_times(state.status, state.wall())
+    return {**readable, "live": state.live(), "ready": reason is None, "not_ready_because": reason,
             "shutting_down": state.shutting_down, "guard": guard, "missing_topics": list(state.missing_topics),
             "broker": state.broker_view()}
+
+
+def readable_times(snapshot: Mapping[str, Any], now: float) -> dict[str, Any]:
+    """The snapshot's wall times (seconds since the epoch) as ISO 8601, each with its age in seconds beside
+    it, computed when /status is read: a snapshot published an hour ago still shows the right ages."""
+    body = dict(snapshot)
+    started = body.get("started_at")
+    if _is_time(started):
+        body["started_at"], body["uptime_seconds"] = iso8601(started), _age(now, started)
+    if "last_commit_at" in body:
+        commit = body["last_commit_at"]
+        body["last_commit_at"] = iso8601(commit) if _is_time(commit) else None
+        body["last_commit_age_seconds"] = _age(now, commit) if _is_time(commit) else None
+    batch = body.get("last_batch")
+    if isinstance(batch, Mapping) and _is_time(batch.get("committed_at")):
+        body["last_batch"] = {**batch, "committed_at": iso8601(batch["committed_at"]),
+                              "committed_age_seconds": _age(now, batch["committed_at"])}
+    breakers = body.get("breaker")
+    if isinstance(breakers, Mapping):
+        body["breaker"] = {name: {**b, "since": iso8601(b["since"]), "for_seconds": _age(now, b["since"])}
+                           if isinstance(b, Mapping) and _is_time(b.get("since")) else b
+                           for name, b in breakers.items()}
+    return body
+
+
+def _is_time(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _age(now: float, then: float) -> float:
+    return round(max(0.0, now - then), 1)
 
 
 class HealthServer:

@@ -39,7 +39,7 @@ class _Totals:
 class StatusBoard:
     def __init__(
         self, health: HealthState, version: str, settings: Mapping[str, Any], clock: Clock | None = None,
-        summary_interval_s: float = 60.0,
+        summary_interval_s: float = 60.0, dead_letter_topic: str | None = None,
     ) -> None:
         self._health = health
         self._clock = clock or SystemClock()
@@ -50,8 +50,11 @@ class StatusBoard:
         self._next_summary_at = self._started_at + summary_interval_s
         self._recent: deque[tuple[float, int]] = deque()  # (monotonic time, records) of recent batches
         self._lag = (0, 0.0)
+        # Times are wall seconds here; /status shows them as ISO 8601 with their age (health.status_body)
         self._snapshot: dict[str, Any] = {
             "version": version,
+            "started_at": self._clock.wall(),
+            "dead_letter_topic": dead_letter_topic,
             "assignment": [],
             "lag": {"records": 0, "seconds": 0.0},
             "records_per_second": 0.0,

@@ -86,7 +86,8 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     metrics = Metrics(registry, settings.consumer_topics)
     metrics.info.labels(__version__, settings.consumer_group_id).set(1)
     health = HealthState(clock, settings.liveness_window_s)
-    status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s)
+    status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s,
+                         settings.dead_letter_topic)
     decoder, sink = validated_parts(settings)  # as `check` validates them
     watch, all_present = _topic_watch(settings, health, clock)
     source = KafkaSource(consumer_config(settings), settings.consumer_topics,

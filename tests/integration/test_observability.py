@@ -5,6 +5,7 @@ holds; /status shows what an on-call engineer needs; logs are JSON lines with no
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 from collections.abc import Callable
@@ -215,6 +216,14 @@ def test_a_real_run_is_observable_through_metrics_probes_status_and_logs(
     assert status["guard"]["tripped"] is False and status["ready"] is True
     assert status["version"] and status["settings"]["KAFKA_SASL_PASSWORD"] == "***"
     assert status["settings"]["SINK_URL"] == url.replace(SINK_PASSWORD, "***")
+    # readable during an incident: ISO 8601 times with their ages, the effective dead-letter topic, the broker
+    for at, age in (("started_at", "uptime_seconds"), ("last_commit_at", "last_commit_age_seconds")):
+        assert dt.datetime.fromisoformat(status[at]).tzinfo is not None and status[age] >= 0, (at, status)
+    assert status["uptime_seconds"] >= status["last_commit_age_seconds"]
+    assert status["last_batch"]["committed_at"].endswith("Z") and status["last_batch"]["committed_age_seconds"] >= 0
+    assert status["breaker"]["sink"]["since"].endswith("Z") and status["breaker"]["sink"]["for_seconds"] >= 0
+    assert status["dead_letter_topic"] == f"{topic}.dlq"
+    assert status["broker"] == {"reachable": True} and status["missing_topics"] == []
     bodies = [json.dumps(status)]
 
     # --- the sink goes away: lag in records and seconds, breaker open, not ready, still live ---------
@@ -314,6 +323,13 @@ def test_readyz_fails_and_status_says_why_while_the_dead_letter_guard_holds(
     assert status["last_error"]["class"] == "GuardTrippedError"
     assert status["ready"] is False
     assert svc.metric_sum("consumer_records_total", outcome="dlq") == 0
+    # lag describes the incident: the refused records stay uncommitted and grow older (refreshed every second)
+    held = wait_until(lambda: _status(svc)["lag"], 30, "lag while held",
+                      until=lambda lag: lag["records"] > 0 and lag["seconds"] > 0)
+    wait_until(lambda: _status(svc)["lag"]["seconds"], 30, "lag seconds to keep growing",
+               until=lambda seconds: seconds > held["seconds"])
+    wait_until(lambda: svc.metric_sum("consumer_lag_seconds"), 30, "consumer_lag_seconds while held",
+               until=lambda seconds: seconds > 0)
     assert svc.terminate() == 0
 
 

@@ -86,12 +86,13 @@ def test_status_shows_partitions_batch_breaker_error_guard_and_drain_estimate() 
         "sink_seconds": 0.5,
         "commit_seconds": 0.125,
         "total_seconds": 1.5,
-        "committed_at": clock.wall(),
+        "committed_at": "2023-11-14T22:13:30.000Z",
+        "committed_age_seconds": 0.0,
     }
     assert body["totals"] == {"records": {"sunk": 98, "duplicate": 1, "dlq": 1, "skipped": 0}, "batches": 1}
     assert body["records_per_second"] == 10.0  # 100 records over the 10 s since start
     assert body["time_to_drain_seconds"] == 100.0  # 1000 records at 10 records/s
-    assert body["breaker"] == {"sink": {"state": "open", "since": clock.wall()}}
+    assert body["breaker"] == {"sink": {"state": "open", "since": "2023-11-14T22:13:30.000Z", "for_seconds": 0.0}}
     assert body["last_error"] == {"class": "SinkUnavailableError", "message": "database down"}
     assert body["guard"] == {"max_ratio": 0.2, "min_records": 1000, "tripped": False}
     assert body["ready"] is False and body["not_ready_because"] == "circuit breaker open"
@@ -163,3 +164,24 @@ def test_status_endpoint_masks_secrets_found_in_any_text() -> None:
         server.close()
     assert "hunter2-secret" not in text
     assert json.loads(text)["last_error"]["message"] == "connect to postgresql://app:***@db failed"
+
+
+def test_times_are_iso_8601_with_their_ages_as_of_the_read_and_the_dead_letter_topic_is_named() -> None:
+    clock = FakeClock(wall=1_700_000_000.0)
+    health = HealthState(clock, 60)
+    board = StatusBoard(health, "1.2.3", SETTINGS, clock, dead_letter_topic="orders.dlq")
+    body = status_body(health)
+    assert (body["started_at"], body["uptime_seconds"]) == ("2023-11-14T22:13:20.000Z", 0.0)
+    assert (body["last_commit_at"], body["last_commit_age_seconds"]) == (None, None)
+    assert body["dead_letter_topic"] == "orders.dlq"
+    assert body["broker"] == {"reachable": True}
+
+    clock.advance(90)
+    board.committed({("t", 0): 5}, at=clock.wall())
+    board.breaker("sink", BreakerState.CLOSED, since=clock.wall())
+    clock.advance(12.25)  # nothing published since: the ages still move
+    body = status_body(health)
+    assert (body["started_at"], body["uptime_seconds"]) == ("2023-11-14T22:13:20.000Z", 102.2)
+    assert (body["last_commit_at"], body["last_commit_age_seconds"]) == ("2023-11-14T22:14:50.000Z", 12.2)
+    assert body["breaker"]["sink"] == {"state": "closed", "since": "2023-11-14T22:14:50.000Z", "for_seconds": 12.2}
+    json.dumps(body)  # every value serialises as it is
