@@ -270,6 +270,12 @@ class Settings(BaseSettings):
         9400, ge=0, le=65535,
         description="HTTP port for `/metrics`, `/healthz`, `/readyz` and `/status`; 0 picks a free one.",
     )
+    metrics_host: str = Field(
+        "0.0.0.0", min_length=1,
+        description="Address the HTTP endpoints listen on: `0.0.0.0` (every IPv4 interface, as Kubernetes probes "
+        "and scrapes need), `127.0.0.1` for this host alone, `::` for IPv6. At most 32 requests are served at "
+        "once (one more is answered 503), a connection waits at most 10 s for its request.",
+    )
     liveness_window_s: PositiveInt = Field(
         60, description="`/healthz` fails when the loop has not polled for this long, s. Keep it above "
         "librdkafka's `socket.timeout.ms` (60 s), e.g. 90, so a hung broker path does not restart pods that "

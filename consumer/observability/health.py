@@ -8,12 +8,13 @@ import json
 import logging
 import threading
 from collections.abc import Iterable, Mapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, TypeGuard
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.clock import Clock, iso8601
+from consumer.observability.http_server import IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_IDLE, BoundedHTTPServer
 from consumer.records import BrokerReachability
 from consumer.secrets import Redactor
 
@@ -120,21 +121,33 @@ def _age(now: float, then: float) -> float:
 
 
 class HealthServer:
+    """Binds at construction (a port in use is a ConfigError naming METRICS_PORT), serves from start()."""
+
     def __init__(
-        self, port: int, registry: CollectorRegistry, state: HealthState, secrets: Iterable[str] = ()
+        self, port: int, registry: CollectorRegistry, state: HealthState, secrets: Iterable[str] = (),
+        host: str = "0.0.0.0", max_connections: int = MAX_CONNECTIONS, idle_timeout_s: float = IDLE_TIMEOUT_S,
+        max_idle: int = MAX_IDLE,
     ) -> None:
         handler = _handler(registry, state, Redactor(secrets))
-        self._server = ThreadingHTTPServer(("0.0.0.0", port), handler)
-        self._server.daemon_threads = True
+        self._server = BoundedHTTPServer(host, port, handler, max_connections=max_connections,
+                                         idle_timeout_s=idle_timeout_s, max_idle=max_idle)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
 
     @property
     def port(self) -> int:
         return int(self._server.server_address[1])
 
+    @property
+    def host(self) -> str:
+        return str(self._server.server_address[0])
+
+    @property
+    def idle_connections(self) -> int:
+        return self._server.idle_connections
+
     def start(self) -> None:
         self._thread.start()
-        log.info("serving metrics and health", extra={"port": self.port})
+        log.info("serving metrics and health", extra={"host": self.host, "port": self.port})
 
     def close(self) -> None:
         self._server.shutdown()

@@ -88,6 +88,9 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     health = HealthState(clock, settings.liveness_window_s)
     status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s,
                          settings.dead_letter_topic)
+    # Bound first: a port in use is a configuration error (exit 2) before anything else is reached.
+    server = HealthServer(settings.metrics_port, registry, health, settings.secret_values(),
+                          host=settings.metrics_host)
     decoder, sink = validated_parts(settings)  # as `check` validates them
     watch, all_present = _topic_watch(settings, health, clock)
     source = KafkaSource(consumer_config(settings), settings.consumer_topics,
@@ -118,7 +121,6 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
         if settings.batch_target_latency_ms else None,
     )
     metrics.batch_max_records.set(settings.batch_max_records)
-    server = HealthServer(settings.metrics_port, registry, health, settings.secret_values())
     return Application(runner, health, server, metrics, closers=[watch.close, publisher.close, sink.close],
                        starters=[] if all_present else [watch.start])
 

@@ -36,7 +36,7 @@ import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -44,6 +44,7 @@ from prometheus_client import CollectorRegistry
 from consumer import __version__
 from consumer.clock import Clock, SystemClock
 from consumer.observability.health import EndpointHandler
+from consumer.observability.http_server import BoundedHTTPServer
 from consumer.observability.metrics import SupervisorMetrics
 from consumer.settings import Settings
 from consumer.workers.aggregate import CONTENT_TYPE, Families, cumulative, families_of, merge, parse, render
@@ -135,6 +136,7 @@ class Supervisor:
         self._policy = policy or RestartPolicy()
         self._workers = settings.workers
         self._metrics_port = settings.metrics_port
+        self._metrics_host = settings.metrics_host
         self._liveness_window_s = float(settings.liveness_window_s)
         self._stop_timeout_s = settings.shutdown_timeout_ms / 1000 + _STOP_MARGIN_S
         self._registry = CollectorRegistry()
@@ -148,7 +150,7 @@ class Supervisor:
     # --- the loop ----------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> int:
         """Start the workers, keep them running until `stop` is set or one fails for good; the exit code."""
-        server = _serve(self._metrics_port, self)
+        server = _serve(self._metrics_host, self._metrics_port, self)
         log.info("supervising workers", extra={"workers": self._workers, "port": server.server_address[1]})
         try:
             for slot in self._slots:
@@ -388,9 +390,8 @@ def _status_text(body: bytes) -> str:
         return "not ok"
 
 
-def _serve(port: int, supervisor: Supervisor) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer(("0.0.0.0", port), _handler(supervisor))
-    server.daemon_threads = True
+def _serve(host: str, port: int, supervisor: Supervisor) -> BoundedHTTPServer:
+    server = BoundedHTTPServer(host, port, _handler(supervisor))
     threading.Thread(target=server.serve_forever, name="supervisor-http", daemon=True).start()
     return server
 

@@ -23,9 +23,10 @@ def become_worker(settings: Settings, index: int, port: int, stop: threading.Eve
 
 
 def worker_settings(settings: Settings, index: int, port: int) -> Settings:
-    """Worker `index`'s settings: its internal port, one process, and its own static member id (two members
+    """Worker `index`'s settings: its internal port on loopback, one process, and its own static member id (two members
     of a group with one group.instance.id fence each other off)."""
-    update: dict[str, object] = {"metrics_port": port, "workers": 1}
+    # Only the supervisor reads a worker's endpoints, over loopback: METRICS_HOST is the supervisor's.
+    update: dict[str, object] = {"metrics_port": port, "metrics_host": "127.0.0.1", "workers": 1}
     if settings.kafka_group_instance_id:
         update["kafka_group_instance_id"] = f"{settings.kafka_group_instance_id}-{index}"
     return settings.model_copy(update=update)
