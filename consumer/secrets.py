@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import re
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
@@ -177,26 +178,30 @@ class Redactor:
 
 class RedactingStream(io.TextIOBase):
     """A text stream that redacts whole lines before passing them on: `print` and `json.dump` write a line
-    in pieces, and a secret split between two writes must still be found. `flush` passes on a partial line."""
+    in pieces, and a secret split between two writes must still be found. `flush` passes on a partial line.
+    A lock keeps the pending line whole when threads (the HTTP server's, the sink's) write at once."""
 
     def __init__(self, target: TextIO, redact: Redactor) -> None:
         super().__init__()
         self._target = target
         self._redact = redact
         self._pending = ""
+        self._lock = threading.Lock()
 
     def write(self, text: str) -> int:
-        self._pending += text
-        complete, newline, rest = self._pending.rpartition("\n")
-        if newline:
-            self._target.write(self._redact(complete + newline))
-            self._pending = rest
+        with self._lock:
+            self._pending += text
+            complete, newline, rest = self._pending.rpartition("\n")
+            if newline:
+                self._target.write(self._redact(complete + newline))
+                self._pending = rest
         return len(text)
 
     def flush(self) -> None:
-        if self._pending:
-            self._target.write(self._redact(self._pending))
-            self._pending = ""
+        with self._lock:
+            if self._pending:
+                self._target.write(self._redact(self._pending))
+                self._pending = ""
         self._target.flush()
 
     def isatty(self) -> bool:

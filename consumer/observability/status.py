@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from consumer.observability.health import HealthState
 from consumer.observability.lag import PartitionLag
 from consumer.observability.metrics import BreakerState, Outcome
 from consumer.records import BatchResult, TopicPartition
+from consumer.secrets import Redactor
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,10 @@ class StatusBoard:
     def __init__(
         self, health: HealthState, version: str, settings: Mapping[str, Any], clock: Clock | None = None,
         summary_interval_s: float = 60.0, dead_letter_topic: str | None = None,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         self._health = health
+        self._redact = redact or Redactor()
         self._clock = clock or SystemClock()
         self._summary_interval_s = summary_interval_s
         self._totals = _Totals()
@@ -128,7 +131,8 @@ class StatusBoard:
         self._publish()
 
     def error(self, exc: BaseException) -> None:
-        self._snapshot["last_error"] = {"class": type(exc).__name__, "message": str(exc)[:500]}
+        # redacted before the cut: the endpoint redacts again, but half a secret would no longer be found
+        self._snapshot["last_error"] = {"class": type(exc).__name__, "message": self._redact(str(exc))[:500]}
         self._publish()
 
     def _refresh_rate(self) -> None:

@@ -86,8 +86,9 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     metrics = Metrics(registry, settings.consumer_topics)
     metrics.info.labels(__version__, settings.consumer_group_id).set(1)
     health = HealthState(clock, settings.liveness_window_s)
+    redact = Redactor(settings.secret_values())
     status = StatusBoard(health, __version__, settings.masked(), clock, settings.log_summary_interval_s,
-                         settings.dead_letter_topic)
+                         settings.dead_letter_topic, redact)
     # Bound first: a port in use is a configuration error (exit 2) before anything else is reached.
     server = HealthServer(settings.metrics_port, registry, health, settings.secret_values(),
                           host=settings.metrics_host)
@@ -95,7 +96,6 @@ def build(settings: Settings, stop: threading.Event, clock: Clock | None = None)
     watch, all_present = _topic_watch(settings, health, clock)
     source = KafkaSource(consumer_config(settings), settings.consumer_topics,
                          BrokerConnectivity(clock, health.broker_changed))
-    redact = Redactor(settings.secret_values())
     publisher = KafkaDeadLetterPublisher(dead_letter_producer_config(settings), settings.dead_letter_topic,
                                          settings.consumer_group_id, clock, redact=redact)
     _prepare_sink(sink, decoder, health)

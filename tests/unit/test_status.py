@@ -16,6 +16,7 @@ from consumer.observability.lag import PartitionLag
 from consumer.observability.metrics import BreakerState
 from consumer.observability.status import StatusBoard
 from consumer.records import Batch, BatchResult, CloseReason, RawRecord, TopicCounts
+from consumer.secrets import Redactor
 
 SETTINGS = {"DLQ_MAX_RATIO": 0.2, "DLQ_GUARD_MIN_RECORDS": 1000, "SINK_URL": "postgresql://u:***@h/db"}
 
@@ -185,3 +186,10 @@ def test_times_are_iso_8601_with_their_ages_as_of_the_read_and_the_dead_letter_t
     assert (body["last_commit_at"], body["last_commit_age_seconds"]) == ("2023-11-14T22:14:50.000Z", 12.2)
     assert body["breaker"]["sink"] == {"state": "closed", "since": "2023-11-14T22:14:50.000Z", "for_seconds": 12.2}
     json.dumps(body)  # every value serialises as it is
+
+
+def test_the_last_error_is_redacted_before_it_is_cut() -> None:
+    health = HealthState(FakeClock(), 60)
+    board = StatusBoard(health, "1.2.3", SETTINGS, FakeClock(), redact=Redactor(["hunter2-secret"]))
+    board.error(SinkUnavailableError("x" * 490 + " pw=hunter2-secret"))  # a cut at 500 first leaves "hunter"
+    assert health.status["last_error"]["message"] == "x" * 490 + " pw=***"
