@@ -6,6 +6,7 @@ its SQLite default is a WARNING; a closed pipe ends a command quietly. No output
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
@@ -111,6 +112,55 @@ def test_a_database_refusing_us_at_start_is_one_line_naming_sink_url_and_exit_2(
         assert _last_line(done).startswith("configuration error: SINK_URL: ")
     else:
         assert done.stdout.splitlines()[-1].startswith("FAIL  sink ")
+
+
+@pytest.fixture
+def password_role(postgres_url: str) -> Iterator[str]:
+    """A role whose TCP logins must give its password (scram-sha-256): a pg_hba.conf line for it alone, put
+    first (the run's cluster trusts everyone else) and taken out afterwards."""
+    name = f"mbc_pw_{uuid.uuid4().hex[:8]}"
+    rule = f"host all {name} 0.0.0.0/0 scram-sha-256\n"
+    with connect(postgres_url) as conn:
+        hba = Path(conn.exec_driver_sql("SHOW hba_file").scalar_one())
+        if not hba.is_file() or not os.access(hba, os.W_OK):
+            pytest.skip(f"cannot require a password for one role: {hba} is not ours to edit")
+        conn.exec_driver_sql(f"CREATE ROLE {name} LOGIN PASSWORD 'the-right-one'")
+        hba.write_text(rule + hba.read_text())
+        conn.exec_driver_sql("SELECT pg_reload_conf()")
+    wrong = _as(postgres_url, username=name, password="not-the-right-one")
+    wait_until(lambda: _refused(wrong), 30, "the server asking the role for its password")
+    yield name
+    hba.write_text(hba.read_text().replace(rule, ""))
+    with connect(postgres_url) as conn:
+        conn.exec_driver_sql("SELECT pg_reload_conf()")
+        conn.exec_driver_sql(f"DROP ROLE {name}")
+
+
+def _refused(url: str) -> bool:
+    engine = sa.create_engine(url)
+    try:
+        engine.connect().close()
+        return False
+    except sa.exc.OperationalError:
+        return True
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("command", _BOTH)
+def test_a_wrong_database_password_at_start_is_one_line_naming_sink_url_and_exit_2(
+    kafka_bootstrap: str, make_topic: Callable[..., str], postgres_url: str, password_role: str, tmp_path: Path,
+    command: list[str],
+) -> None:
+    url = _as(postgres_url, username=password_role, password="not-the-right-one")
+    topic = make_topic(partitions=1)
+    done = run_cli(command, service_env(kafka_bootstrap, topic, "g", url, "events_pw"), tmp_path)
+    assert done.returncode == 2, done.stdout + done.stderr
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and "not-the-right-one" not in output
+    assert "password authentication failed" in output and "SQLSTATE 28P01" in output
+    line = _last_line(done) if command == ["run"] else done.stdout.splitlines()[-1]
+    assert line.startswith("configuration error: SINK_URL: " if command == ["run"] else "FAIL  sink ")
 
 
 @pytest.mark.parametrize("sink_url", ["postgresql"], indirect=True)
