@@ -37,13 +37,17 @@ class Blame(Enum):
 
 
 # SQLSTATE (PostgreSQL appendix A): a class (two characters) or a full code (five). The transient classes
-# are the contract's and the only ones retried forever.
+# are the contract's plus two lock waits, and the only ones retried forever.
 SQLSTATE_BLAME: dict[str, Blame] = {
     "08": Blame.TRANSIENT,  # connection exception
     "40": Blame.TRANSIENT,  # transaction rollback: serialization failure, deadlock
     "53": Blame.TRANSIENT,  # insufficient resources: disk full, out of memory, too many connections
     "57": Blame.TRANSIENT,  # operator intervention: admin shutdown, query_canceled (57014: timeouts, our cancels)
     "58": Blame.TRANSIENT,  # system error: I/O error
+    # A lock another session holds (a `lock_timeout` set on our role ran out, a table in use): it passes, and
+    # blaming rows for it would dead-letter good records by the batch.
+    "55P03": Blame.TRANSIENT,  # lock_not_available
+    "55006": Blame.TRANSIENT,  # object_in_use
     "22": Blame.RECORD,  # data exception: a value out of range, a bad date, a NUL byte
     "23": Blame.RECORD,  # integrity constraint violation: NOT NULL, CHECK, foreign key
     "54": Blame.RECORD,  # program limit exceeded: a key too long for its index, a row too wide

@@ -24,6 +24,8 @@ _SQLSTATE_CASES = [
     ("57014", "57", SinkUnavailableError),  # query_canceled: statement timeouts and our own cancels
     ("57P01", "57", SinkUnavailableError),  # admin_shutdown
     ("58030", "58", SinkUnavailableError),  # io_error
+    ("55P03", "55P03", SinkUnavailableError),  # lock_not_available: a lock_timeout ran out
+    ("55006", "55006", SinkUnavailableError),  # object_in_use
     ("22003", "22", RecordRejectedError),  # numeric_value_out_of_range
     ("23502", "23", RecordRejectedError),  # not_null_violation
     ("54000", "54", RecordRejectedError),  # program_limit_exceeded: a key too long for its index
@@ -84,9 +86,9 @@ def test_every_sqlstate_row_has_a_case() -> None:
     assert {row for _code, row, _expected in _SQLSTATE_CASES} == set(SQLSTATE_BLAME)
 
 
-def test_only_the_contracts_transient_classes_are_retried() -> None:
+def test_only_the_contracts_transient_classes_and_lock_waits_are_retried() -> None:
     transient = {row for row, blame in SQLSTATE_BLAME.items() if blame.value == "transient"}
-    assert transient == {"08", "40", "53", "57", "58"}
+    assert transient == {"08", "40", "53", "57", "58", "55P03", "55006"}
 
 
 @pytest.mark.parametrize(("name", "expected"), _SQLITE_CASES, ids=[c[0] for c in _SQLITE_CASES])
