@@ -108,15 +108,15 @@ def test_an_extended_sqlite_code_follows_its_primary_code() -> None:
 def test_a_code_in_no_table_blames_the_rows_and_warns_once_per_code(caplog: pytest.LogCaptureFixture) -> None:
     classify = SqlErrorClassifier()
     with caplog.at_level(logging.WARNING, logger="consumer.sql.errors"):
-        first = classify(_postgres_error("55P03"))  # lock_not_available: no row decides it
-        classify(_postgres_error("55P03"))
+        first = classify(_postgres_error("55000"))  # object_not_in_prerequisite_state: no row decides it
+        classify(_postgres_error("55000"))
         classify(_postgres_error("2BP01"))  # dependent_objects_still_exist
         sqlite = classify(_sqlite_error("SQLITE_SCHEMA"))
         classify(_sqlite_error("SQLITE_SCHEMA"))
     assert type(first) is RecordRejectedError
     assert type(sqlite) is RecordRejectedError
     warned = [record.__dict__["sqlstate"] for record in caplog.records if record.levelno == logging.WARNING]
-    assert warned == ["55P03", "2BP01", "SQLITE_SCHEMA"]
+    assert warned == ["55000", "2BP01", "SQLITE_SCHEMA"]
 
 
 def test_a_value_the_driver_refuses_before_sending_is_the_rows_fault() -> None:
