@@ -19,6 +19,7 @@ from rich.table import Table
 from consumer.decode.decoder import ValueDecoder
 from consumer.decode.schema import to_json_text
 from consumer.errors import ConsumerError
+from consumer.kafka import headers as h
 from consumer.kafka.config import kafka_client_config
 from consumer.records import RawRecord
 from consumer.service.components import value_decoder
@@ -30,6 +31,7 @@ from consumer.tools.dlq_reading import (
     Selection,
     add_selection_arguments,
     bytes_preview,
+    header_map,
     iso,
     parse,
     read_topic,
@@ -111,6 +113,12 @@ class Previewer:
     def __init__(self, decoder: ValueDecoder | None) -> None:
         self._decoder = decoder
 
+    def entry(self, entry: DlqEntry) -> str:
+        """A letter's value, or what its headers say of the value it was published without."""
+        if entry.value_dropped:
+            return f"<value dropped: {header_map(entry.raw).get(h.VALUE_SIZE, '?')} bytes>"
+        return self(entry.raw.value)
+
     def __call__(self, value: bytes | None) -> str:
         if value is None:
             return "<null>"
@@ -128,7 +136,7 @@ class Previewer:
 def render_json(inspection: Inspection, preview: Previewer) -> str:
     return json.dumps({
         "summary": inspection.summary(),
-        "records": [entry.as_json(preview(entry.raw.value)) for entry in inspection.shown],
+        "records": [entry.as_json(preview.entry(entry)) for entry in inspection.shown],
         "foreign": [record.as_json() for record in inspection.foreign],
     }, indent=2)
 
@@ -170,7 +178,7 @@ def _records_table(inspection: Inspection, preview: Previewer) -> Table:
             f"{entry.raw.partition}/{entry.raw.offset}",
             f"{entry.original_topic}/{entry.original_partition}/{entry.original_offset}",
             entry.stage, entry.error_class, str(entry.attempts), iso(entry.failed_at) or "",
-            shorten(entry.error_message, _MESSAGE_CHARS), preview(entry.raw.value),
+            shorten(entry.error_message, _MESSAGE_CHARS), preview.entry(entry),
         )
     return table
 

@@ -10,6 +10,7 @@ goes out without its value, with headers giving its size and digest. The service
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,6 +111,11 @@ def test_a_dead_letter_too_large_for_its_topic_goes_out_without_its_value(
     assert svc.http_get("/healthz")[0] == 200
     assert "publishing it without value" in svc.log_text()
     assert svc.terminate() == 0
+
+    inspected = run_cli(["dlq", "inspect", "--format", "json"], env, tmp_path / "inspect")
+    shown = {r["original_offset"]: r for r in json.loads(inspected.stdout)["records"]}
+    assert (shown[13]["value_dropped"], shown[13]["value_preview"]) == (True, "<value dropped: 200000 bytes>")
+    assert not shown[10]["value_dropped"]
 
     # `dlq replay` has no value to send back for it: refused, said so, the others replayed.
     target = create_topic(kafka_bootstrap, unique("replayed"), 1)
