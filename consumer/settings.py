@@ -274,7 +274,7 @@ class Settings(BaseSettings):
         "0.0.0.0", min_length=1,
         description="Address the HTTP endpoints listen on: `0.0.0.0` (every IPv4 interface, as Kubernetes probes "
         "and scrapes need), `127.0.0.1` for this host alone, `::` for IPv6. At most 32 requests are served at "
-        "once (one more is answered 503), a connection waits at most 10 s for its request.",
+        "once (one more is answered 503), a connection waits at most 10 s for its request and lives at most 30 s.",
     )
     liveness_window_s: PositiveInt = Field(
         60, description="`/healthz` fails when the loop has not polled for this long, s. Keep it above "

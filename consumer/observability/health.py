@@ -14,7 +14,13 @@ from typing import Any, TypeGuard
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from consumer.clock import Clock, iso8601
-from consumer.observability.http_server import IDLE_TIMEOUT_S, MAX_CONNECTIONS, MAX_IDLE, BoundedHTTPServer
+from consumer.observability.http_server import (
+    IDLE_TIMEOUT_S,
+    MAX_CONNECTION_S,
+    MAX_CONNECTIONS,
+    MAX_IDLE,
+    BoundedHTTPServer,
+)
 from consumer.records import BrokerReachability
 from consumer.secrets import Redactor
 
@@ -126,11 +132,12 @@ class HealthServer:
     def __init__(
         self, port: int, registry: CollectorRegistry, state: HealthState, secrets: Iterable[str] = (),
         host: str = "0.0.0.0", max_connections: int = MAX_CONNECTIONS, idle_timeout_s: float = IDLE_TIMEOUT_S,
-        max_idle: int = MAX_IDLE,
+        max_idle: int = MAX_IDLE, max_connection_s: float = MAX_CONNECTION_S,
     ) -> None:
         handler = _handler(registry, state, Redactor(secrets))
         self._server = BoundedHTTPServer(host, port, handler, max_connections=max_connections,
-                                         idle_timeout_s=idle_timeout_s, max_idle=max_idle)
+                                         idle_timeout_s=idle_timeout_s, max_idle=max_idle,
+                                         max_connection_s=max_connection_s)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health-http", daemon=True)
 
     @property

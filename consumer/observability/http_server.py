@@ -5,7 +5,9 @@ ThreadingHTTPServer with limits, so connections nobody finishes cannot take the 
   selector, for at most `idle_timeout_s`, and at most `max_idle` of them wait (a new one pushes out the
   oldest). So 1,000 idle connections cost 1,000 sockets and no thread, and a probe still gets an answer.
 - At most `max_connections` requests are served at once; one more is answered 503 at once and closed.
-- Every read of a request waits at most `idle_timeout_s`, so a slow sender (slowloris) frees its thread.
+- Every read of a request waits at most `idle_timeout_s`, and a served connection lives at most
+  `max_connection_s` (then its socket is shut down under its thread): a slow sender (slowloris), even one
+  trickling a byte at a time, frees its thread.
 
 Binding is where a setting can be wrong: a port in use or not ours is METRICS_PORT's fault, an address
 this host does not have is METRICS_HOST's (ConfigError, exit 2).
@@ -27,6 +29,7 @@ from consumer.errors import ConfigError
 MAX_CONNECTIONS = 32  # requests served at once; the probes and a scrape need a handful
 MAX_IDLE = 256  # connections waiting for their first bytes, threadless
 IDLE_TIMEOUT_S = 10.0  # a probe's or a scrape's request arrives in milliseconds
+MAX_CONNECTION_S = 30.0  # a probe or a scrape is served in milliseconds
 _BUSY = b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 _BUSY_SEND_TIMEOUT_S = 1.0
 
@@ -41,7 +44,7 @@ class BoundedHTTPServer(ThreadingHTTPServer):
     def __init__(
         self, host: str, port: int, handler: type[BaseHTTPRequestHandler], *,
         max_connections: int = MAX_CONNECTIONS, idle_timeout_s: float = IDLE_TIMEOUT_S, max_idle: int = MAX_IDLE,
-        clock: Clock | None = None,
+        max_connection_s: float = MAX_CONNECTION_S, clock: Clock | None = None,
     ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._slots = threading.BoundedSemaphore(max_connections)
@@ -50,6 +53,9 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._clock = clock or SystemClock()
         self._arrived: queue.SimpleQueue[tuple[socket.socket, Address]] = queue.SimpleQueue()
         self._idle: dict[socket.socket, tuple[Address, float]] = {}  # the dispatcher's alone: no lock
+        self._max_connection_s = max_connection_s
+        self._serving: dict[socket.socket, float] = {}  # connection -> deadline; handler threads remove theirs
+        self._serving_lock = threading.Lock()
         self._selector = selectors.DefaultSelector()
         self._wake_reader, self._wake_writer = socket.socketpair()
         self._selector.register(self._wake_reader, selectors.EVENT_READ)
@@ -76,6 +82,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self._serving_lock:
+                self._serving.pop(request, None)
             self._slots.release()
 
     def server_close(self) -> None:
@@ -114,10 +122,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._wake_writer.close()
 
     def _seconds_to_next_expiry(self) -> float:
-        if not self._idle:
+        with self._serving_lock:
+            deadlines = [*self._serving.values(), *(deadline for _address, deadline in self._idle.values())]
+        if not deadlines:
             return self._idle_timeout_s
-        soonest = min(deadline for _address, deadline in self._idle.values())
-        return max(0.0, soonest - self._clock.monotonic())
+        return max(0.0, min(deadlines) - self._clock.monotonic())
 
     def _take_arrivals(self) -> None:
         while True:
@@ -134,6 +143,15 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         now = self._clock.monotonic()
         for connection in [c for c, (_a, deadline) in self._idle.items() if deadline <= now]:
             self._drop(connection)
+        with self._serving_lock:
+            overdue = [c for c, deadline in self._serving.items() if deadline <= now]
+            for connection in overdue:
+                del self._serving[connection]
+        for connection in overdue:  # its thread's read or write fails now, and the thread ends
+            try:
+                connection.shutdown(socket.SHUT_RDWR)
+            except OSError:  # closed meanwhile by its thread
+                pass
 
     def _drop(self, connection: socket.socket) -> None:
         self._selector.unregister(connection)
@@ -151,6 +169,8 @@ class BoundedHTTPServer(ThreadingHTTPServer):
             self.shutdown_request(connection)
             return
         connection.settimeout(self._idle_timeout_s)  # every read of the request waits at most this long
+        with self._serving_lock:
+            self._serving[connection] = self._clock.monotonic() + self._max_connection_s
         threading.Thread(target=self.process_request_thread, args=(connection, address), name="http",
                          daemon=True).start()
 

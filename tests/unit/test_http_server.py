@@ -116,6 +116,31 @@ def test_a_silent_connection_and_a_slow_request_are_closed_after_the_idle_timeou
         server.close()
 
 
+def test_a_request_trickling_in_a_byte_at_a_time_is_cut_at_the_connection_deadline(
+    sockets: list[socket.socket],
+) -> None:
+    server = HealthServer(0, CollectorRegistry(), HealthState(SystemClock(), 60), host="127.0.0.1",
+                          idle_timeout_s=5.0, max_connection_s=0.5)
+    server.start()
+    try:
+        threads_before = threading.active_count()
+        trickle = _connect(server, sockets, b"GET /healthz HTTP/1.1\r\n")
+        wait_until(threading.active_count, WAIT_S, "its handler thread", until=lambda n: n == threads_before + 1)
+
+        def trickled_until_cut() -> bool:
+            try:
+                trickle.sendall(b"X")  # one byte of a header that never ends, well within the read timeout
+            except OSError:
+                return True
+            readable, _, _ = select.select([trickle], [], [], 0.1)
+            return bool(readable) and _closed_by_server(trickle)
+
+        assert wait_until(trickled_until_cut, WAIT_S, "the trickling request cut")
+        wait_until(threading.active_count, WAIT_S, "its thread gone", until=lambda n: n == threads_before)
+    finally:
+        server.close()
+
+
 def test_the_oldest_idle_connection_makes_room_for_a_new_one(sockets: list[socket.socket]) -> None:
     server = HealthServer(0, CollectorRegistry(), HealthState(SystemClock(), 60), host="127.0.0.1", max_idle=3)
     server.start()
