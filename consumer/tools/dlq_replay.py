@@ -35,7 +35,7 @@ from rich.console import Console
 
 from consumer.errors import BrokerUnavailableError, ConfigError
 from consumer.kafka import headers as h
-from consumer.kafka.config import kafka_client_config
+from consumer.kafka.config import dead_letter_max_bytes, kafka_client_config
 from consumer.kafka.errors import delivery_failure, translated
 from consumer.kafka.produce import blocking_produce, idempotent_producer
 from consumer.settings import Settings
@@ -82,6 +82,7 @@ class ReplayPlan:
     chunk_records: int = _DEFAULT_CHUNK
     timeout_s: float = 30.0
     allowed_topics: frozenset[str] = frozenset()  # CONSUMER_TOPICS and --allow-topic; unused with to_topic
+    message_max_bytes: int = 1_000_000  # the producer's limit: room for what the dead-letter topic holds
 
 
 def refusal(entry: DlqEntry, plan: ReplayPlan) -> str | None:
@@ -185,7 +186,8 @@ class _Replayer:
         self._plan = plan
         self._report = report
         self._advance = advance
-        self._producer = idempotent_producer(config, linger_ms=5)
+        self._producer = idempotent_producer(config, linger_ms=5,
+                                             **{"message.max.bytes": plan.message_max_bytes})
         self._partitions: dict[str, int] = {}
         self._errors: list[KafkaError] = []
         self._positions: dict[int, int] = {}
@@ -328,6 +330,7 @@ def run_replay(settings: Settings, args: argparse.Namespace) -> int:
         dlq_topic=dlq_topic(settings, args), selection=selection,
         group_id=args.group or default_group(settings, selection, args.to_topic, allowed_extra),
         to_topic=args.to_topic, allowed_topics=frozenset(settings.consumer_topics) | allowed_extra,
+        message_max_bytes=dead_letter_max_bytes(settings),
         limit=args.limit, dry_run=args.dry_run, from_beginning=args.from_beginning,
         keep_timestamp=args.keep_timestamp, chunk_records=args.chunk, timeout_s=args.timeout,
     )

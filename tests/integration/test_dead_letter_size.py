@@ -44,7 +44,7 @@ def _wait_all_committed(bootstrap: str, group: str, writer: TopicWriter, svc: Se
 @pytest.mark.parametrize("sink_url", ["sqlite"], indirect=True)
 def test_a_value_near_max_record_bytes_is_dead_lettered_whole(
     kafka_bootstrap: str, make_topic: Callable[..., str], unique: Callable[[str], str], sink_url: str,
-    sink_table: str, service: StartService,
+    sink_table: str, service: StartService, tmp_path: Path,
 ) -> None:
     topic = make_topic(partitions=1)
     group = unique("group")
@@ -52,7 +52,8 @@ def test_a_value_near_max_record_bytes_is_dead_lettered_whole(
     big = _poison(1_040_000, b"big")
     writer.send([*valid_messages(range(10)), Msg(value=big), *valid_messages(range(10, 20))])
 
-    svc = service(service_env(kafka_bootstrap, topic, group, sink_url, sink_table))  # it creates the DLQ topic
+    env = service_env(kafka_bootstrap, topic, group, sink_url, sink_table)
+    svc = service(env)  # it creates the DLQ topic
     _wait_all_committed(kafka_bootstrap, group, writer, svc)
 
     (letter,) = read_all(kafka_bootstrap, f"{topic}.dlq", expected=1)
@@ -68,6 +69,12 @@ def test_a_value_near_max_record_bytes_is_dead_lettered_whole(
     config = next(iter(created.values())).result(timeout=30)
     assert int(config["max.message.bytes"].value) >= 1_048_576 + 1024  # MAX_RECORD_BYTES and headers
     assert svc.terminate() == 0
+
+    # and `dlq replay` has room to send it back
+    target = create_topic(kafka_bootstrap, unique("replayed"), 1)
+    done = run_cli(["dlq", "replay", "--to-topic", target], env, tmp_path / "replay")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert [m.value for m in read_all(kafka_bootstrap, target, expected=1)] == [big]
 
 
 @pytest.mark.parametrize("sink_url", ["sqlite"], indirect=True)
