@@ -130,3 +130,28 @@ def test_a_dead_letter_too_large_for_its_topic_goes_out_without_its_value(
     assert "1 refused" in done.stdout and "value dropped" in done.stdout, done.stdout + done.stderr
     assert done.returncode == 1, done.stdout + done.stderr
     assert sorted(m.value for m in read_all(kafka_bootstrap, target, expected=3)) == sorted(fitting)
+
+
+@pytest.mark.parametrize("sink_url", ["sqlite"], indirect=True)
+def test_a_value_beyond_the_producers_limit_goes_out_without_its_value(
+    kafka_bootstrap: str, unique: Callable[[str], str], sink_url: str, sink_table: str, service: StartService,
+) -> None:
+    """A source topic that allows 3 MB: a 2,000,000-byte value is over MAX_RECORD_BYTES (stage decode) and over
+    the dead-letter producer's own limit, which refuses it before the broker sees it."""
+    topic = create_topic(kafka_bootstrap, unique("topic"), 1, config={"max.message.bytes": "3000000"})
+    group = unique("group")
+    writer = TopicWriter(kafka_bootstrap, topic, config={"message.max.bytes": 3_000_000})
+    huge = _poison(2_000_000, b"over the limit")
+    writer.send([*valid_messages(range(5)), Msg(value=huge), *valid_messages(range(5, 10))])
+
+    svc = service(service_env(kafka_bootstrap, topic, group, sink_url, sink_table))
+    _wait_all_committed(kafka_bootstrap, group, writer, svc)
+
+    (letter,) = read_all(kafka_bootstrap, f"{topic}.dlq", expected=1)
+    assert letter.value is None
+    assert letter.headers["dlq.error.class"] == b"RecordTooLargeError"
+    assert letter.headers["dlq.value.size"] == b"2000000"
+    assert letter.headers["dlq.value.sha256"] == hashlib.sha256(huge).hexdigest().encode()
+    wait_metric(svc, "sunk", 10)
+    assert svc.metric_sum("consumer_records_total", outcome="dlq") == 1
+    assert svc.terminate() == 0
