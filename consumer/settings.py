@@ -207,6 +207,11 @@ class Settings(BaseSettings):
         None, description="File holding the sink password (a Kubernetes Secret volume); replaces any password in "
         "`SINK_URL`. Its content is masked in every output.",
     )
+    sink_ssl_ca_location: FilePath | None = Field(
+        None, description="CA bundle (PEM) that signed the database's certificate (PostgreSQL, a Kubernetes Secret "
+        "volume): sets libpq's `sslrootcert` and, unless `SINK_URL` names an `sslmode`, `sslmode=verify-full`. A "
+        "certificate it does not trust exits 2 naming `SINK_URL`.",
+    )
     sink_schema_evolution: SchemaEvolution = Field(
         SchemaEvolution.ADD_COLUMNS, description="What a registry writer schema with a field the table lacks does "
         "(without `SCHEMA_FILE`): `add-columns` adds a nullable column for it; `none` adds nothing and dead-letters "

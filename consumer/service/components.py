@@ -87,7 +87,8 @@ def record_decoder(settings: Settings) -> Decoder:
 
 def sql_sink(settings: Settings) -> SqlSink:
     """The sink of SINK_URL and SINK_TABLE; nothing is connected until it is used."""
-    return SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file), settings.sink_table,
+    return SqlSink(create_sink_engine(settings.sink_url, settings.sink_password_file,
+                                      settings.sink_ssl_ca_location), settings.sink_table,
                    upsert=settings.sink_write_mode is WriteMode.UPSERT,
                    typed_values=settings.value_format is ValueFormat.AVRO)
 

@@ -20,8 +20,9 @@ SUPPORTED_BACKENDS = ("postgresql", "sqlite")
 SUPPORTED_DATABASES = "PostgreSQL (postgresql://user@host/db) and SQLite (sqlite:///<file>)"
 
 
-def create_sink_engine(url: str, password_file: Path | None) -> Engine:
-    """An engine for SINK_URL; `postgresql://` means psycopg 3, the driver we ship."""
+def create_sink_engine(url: str, password_file: Path | None, ca_file: Path | None = None) -> Engine:
+    """An engine for SINK_URL; `postgresql://` means psycopg 3, the driver we ship. `ca_file`
+    (SINK_SSL_CA_LOCATION) becomes the URL's `sslrootcert`, verified in full unless the URL says otherwise."""
     try:
         parsed = make_url(url)
         if parsed.drivername in ("postgresql", "postgres"):
@@ -32,7 +33,13 @@ def create_sink_engine(url: str, password_file: Path | None) -> Engine:
         if backend not in SUPPORTED_BACKENDS:
             raise ConfigError(f"SINK_URL: unsupported database {backend!r}; supported: {SUPPORTED_DATABASES}")
         if backend == "sqlite":
+            if ca_file is not None:
+                raise ConfigError("SINK_SSL_CA_LOCATION: only a PostgreSQL SINK_URL uses TLS")
             return _sqlite_engine(parsed)
+        if ca_file is not None:  # in the URL, where consumer.sql.tls reads it to explain a refused certificate
+            parsed = parsed.update_query_dict(
+                {"sslrootcert": str(ca_file), **({} if "sslmode" in parsed.query else {"sslmode": "verify-full"})}
+            )
         connect_args = {k: v for k, v in _LIBPQ_DEFAULTS.items() if k not in parsed.query}
         return sa.create_engine(parsed, pool_pre_ping=True, pool_size=2, connect_args=connect_args)
     except (ArgumentError, NoSuchModuleError, ValueError) as exc:

@@ -32,7 +32,8 @@ OLDEST_KUBERNETES, NEWEST_KUBERNETES = "1.25.0", "1.37.0"  # Chart.yaml kubeVers
 EXTRA_SETTINGS = frozenset({"WORKERS", "KAFKA_GROUP_INSTANCE_ID", "KAFKA_GROUP_PROTOCOL", "LOG_SUMMARY_INTERVAL_S"})
 # Set by the chart itself from other values, so not accepted under `env`.
 CHART_OWNED = frozenset({"METRICS_PORT", "SCHEMA_FILE", "SINK_PASSWORD_FILE", "KAFKA_SSL_CA_LOCATION",
-                         "KAFKA_SASL_PASSWORD", "KAFKA_GROUP_INSTANCE_ID"})
+                         "KAFKA_SASL_PASSWORD", "KAFKA_GROUP_INSTANCE_ID", "SINK_SSL_CA_LOCATION",
+                         "SCHEMA_REGISTRY_USER_INFO"})
 KAFKA_EXTRA = re.compile(r"^KAFKA_EXTRA__[A-Z0-9_]+$")
 
 
@@ -80,6 +81,8 @@ ALL_ON_STATEFULSET_KEDA: dict[str, Any] = {
         "sinkPassword": {"existingSecret": "mbc-sink", "key": "password"},
         "kafkaSaslPassword": {"existingSecret": "mbc-kafka", "key": "sasl-password"},
         "kafkaCa": {"existingSecret": "mbc-kafka-ca", "key": "ca.crt"},
+        "sinkCa": {"existingSecret": "mbc-db-ca", "key": "root.crt"},
+        "schemaRegistryUserInfo": {"existingSecret": "mbc-registry", "key": "user-info"},
     },
     "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
     "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},

@@ -134,13 +134,17 @@ def test_secrets_are_referenced_and_mounted_as_the_settings_say(renders: dict[st
     volumes = {v["name"]: v for v in workload(items)["spec"]["template"]["spec"]["volumes"]}
     mounts = {m["name"]: m for m in consumer["volumeMounts"]}
     for volume, setting, ref in (("sink-password", "SINK_PASSWORD_FILE", secrets["sinkPassword"]),
-                                 ("kafka-ca", "KAFKA_SSL_CA_LOCATION", secrets["kafkaCa"])):
+                                 ("kafka-ca", "KAFKA_SSL_CA_LOCATION", secrets["kafkaCa"]),
+                                 ("sink-ca", "SINK_SSL_CA_LOCATION", secrets["sinkCa"])):
         assert volumes[volume]["secret"]["secretName"] == ref["existingSecret"]
         assert mounts[volume]["readOnly"] is True
         assert config[setting] == f"{mounts[volume]['mountPath']}/{ref['key']}"
     sasl = next(e for e in consumer["env"] if e["name"] == "KAFKA_SASL_PASSWORD")
     assert sasl["valueFrom"]["secretKeyRef"] == {"name": "mbc-kafka", "key": "sasl-password"}
     assert "KAFKA_SASL_PASSWORD" not in config
+    user_info = next(e for e in consumer["env"] if e["name"] == "SCHEMA_REGISTRY_USER_INFO")
+    assert user_info["valueFrom"]["secretKeyRef"] == {"name": "mbc-registry", "key": "user-info"}
+    assert "SCHEMA_REGISTRY_USER_INFO" not in config
     assert config["SCHEMA_FILE"] == f"{mounts['schema']['mountPath']}/schema.avsc"
 
 

@@ -62,6 +62,27 @@ def test_rows_land_over_verify_full_tls(
         engine.dispose()
 
 
+def test_sink_ssl_ca_location_alone_verifies_in_full(
+    tls_postgres: PostgresCluster, server_tls: ServerTls, kafka_bootstrap: str, make_topic: Callable[..., str],
+    unique: Callable[[str], str], service: StartService, tmp_path: Path,
+) -> None:
+    """The chart's way (`secrets.sinkCa` mounted as SINK_SSL_CA_LOCATION): a plain URL, the CA file beside it;
+    the CA of another authority is refused exactly as `sslrootcert` in the URL is."""
+    plain = f"postgresql+psycopg://postgres@localhost:{tls_postgres.port}/{tls_postgres.database}"
+    topic, writer = setup_topic(kafka_bootstrap, make_topic, partitions=1)
+    writer.send(valid_messages(range(EVENTS)))
+    refused = run_cli(["check"], {**service_env(kafka_bootstrap, topic, "g", plain, "ca_events"),
+                                  "SINK_SSL_CA_LOCATION": str(make_ca_file(tmp_path / "other-ca.pem"))}, tmp_path)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "SINK_URL: TLS with the database failed: certificate verify failed" in refused.stdout + refused.stderr
+    group = unique("group")
+    svc = service({**service_env(kafka_bootstrap, topic, group, plain, "ca_events"),
+                   "SINK_SSL_CA_LOCATION": str(server_tls.ca_file)})
+    wait_committed(kafka_bootstrap, group, writer, [svc])
+    assert svc.terminate() == 0
+    assert_one_row_per_key(verified_url(tls_postgres, server_tls.ca_file), "ca_events", EVENTS)
+
+
 def test_the_server_refuses_clients_without_tls(tls_postgres: PostgresCluster) -> None:
     engine = sa.create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{tls_postgres.port}/test?sslmode=disable")
     try:
