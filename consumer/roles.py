@@ -32,8 +32,9 @@ class RebalanceListener(Protocol):
 
 
 class Source(Protocol):
-    """Where records come from, called only on the polling thread. `poll` runs the rebalance callbacks;
-    nothing here blocks longer than its timeout except `commit` (synchronous) and `close`."""
+    """Where records come from, called only on the polling thread. `poll` runs the rebalance callbacks and
+    serves the answers to `send_commit`; nothing here blocks longer than its timeout except `commit`
+    (synchronous, for a revoke callback, which must not poll)."""
 
     def subscribe(self, listener: RebalanceListener) -> None: ...
 
@@ -45,6 +46,15 @@ class Source(Protocol):
 
     def resume(self, partitions: Collection[TopicPartition]) -> None: ...
 
+    def send_commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit asynchronously; the answer shows up in `commit_answers()` after a later poll, or never
+        while the broker is away; raises FatalError."""
+        ...
+
+    def commit_answers(self) -> list[CommitOutcome]:
+        """The answers to `send_commit` served since the last call, in order (each taken once)."""
+        ...
+
     def commit(self, offsets: Mapping[TopicPartition, int]) -> CommitOutcome:
         """Commit synchronously; a refusal is returned, not raised; raises FatalError."""
         ...
@@ -53,7 +63,9 @@ class Source(Protocol):
 
     def group_committed(self, partition: TopicPartition) -> int | None: ...
 
-    def close(self) -> None: ...
+    def close(self, timeout_s: float) -> None:
+        """Leave the group, returning after at most `timeout_s` whether or not the broker answered."""
+        ...
 
 
 class Sink(Protocol):

@@ -282,9 +282,9 @@ class Settings(BaseSettings):
         "once (one more is answered 503), a connection waits at most 10 s for its request and lives at most 30 s.",
     )
     liveness_window_s: PositiveInt = Field(
-        60, description="`/healthz` fails when the loop has not polled for this long, s. Keep it above "
-        "librdkafka's `socket.timeout.ms` (60 s), e.g. 90, so a hung broker path does not restart pods that "
-        "would only wait again.",
+        60, description="`/healthz` fails when the loop has not polled for this long, s. The loop keeps "
+        "polling through a broker or database outage (commits and writes do not hold it), so a failing "
+        "`/healthz` means the process itself is stuck.",
     )
     log_level: LogLevel = Field(
         LogLevel.INFO, description="Log level (case-insensitive); DEBUG adds a `batch committed` line per batch."

@@ -1,6 +1,10 @@
 """KafkaSource: the only door to `confluent_kafka.Consumer` for consuming.
 
-Auto-commit and auto offset store are off: offsets are committed by us, synchronously, after the sink.
+Auto-commit and auto offset store are off: offsets are committed by us, after the sink. The poll loop
+commits asynchronously (`send_commit`): the broker's answer comes back inside a later `poll()`, so a broker
+outage never holds the loop (a synchronous commit waits for the group coordinator: up to the session
+timeout with the connection refused, until `socket.timeout.ms` with it blackholed, and a consume() on
+another thread waits as long, measured with librdkafka 2.16). Only a revoke callback, which must not poll, commits synchronously.
 Assignment is cooperative-sticky; the rebalance callbacks run inside `poll()` on the polling thread.
 """
 
@@ -8,6 +12,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+from collections import deque
 from collections.abc import Collection, Mapping
 from typing import Any
 
@@ -55,8 +61,12 @@ class KafkaSource:
         self._connectivity = connectivity
         self._fatal: KafkaError | None = None
         self._group_committed: dict[TopicPartition, int] = {}
+        self._commit_answers: list[CommitOutcome] = []  # answers to send_commit, served inside poll
+        self._commits_sent: deque[dict[TopicPartition, int]] = deque()  # librdkafka answers them in order
         with client_construction():
-            self._consumer = Consumer({**config, "error_cb": self._on_error, "stats_cb": self._on_stats})
+            self._consumer = Consumer({
+                **config, "error_cb": self._on_error, "stats_cb": self._on_stats, "on_commit": self._on_commit,
+            })
 
     def _on_error(self, error: KafkaError) -> None:
         if error.fatal():
@@ -64,6 +74,16 @@ class KafkaSource:
         elif self._connectivity is not None and self._connectivity.error(error):
             return  # a connection attempt failed: the connectivity state says it once, not once per retry
         log.warning("kafka client error", extra={"error": error.str(), "code": error.name()})
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[KafkaPartition]) -> None:
+        """The answer to an asynchronous commit (inside poll). Fatal errors are raised by the next poll."""
+        if error is not None and error.fatal():
+            self._fatal = error
+            return
+        sent = self._commits_sent.popleft() if self._commits_sent else {}
+        if error is not None and not partitions:  # refused as a whole: every partition it asked for
+            partitions = [KafkaPartition(t, p, o) for (t, p), o in sent.items()]
+        self._commit_answers.append(_outcome(partitions, error))
 
     def _on_stats(self, report: str) -> None:
         """librdkafka statistics (every `statistics.interval.ms`, inside poll): whether a broker is up, and
@@ -129,9 +149,32 @@ class KafkaSource:
         if partitions:
             self._consumer.resume([KafkaPartition(t, p) for t, p in partitions])
 
+    def send_commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Commit asynchronously: the answer is one CommitOutcome in `commit_answers()` after a later poll
+        (or none at all while the broker is away: the caller bounds its wait). Fatal errors raise."""
+        if not offsets:
+            return
+        request = [KafkaPartition(t, p, o) for (t, p), o in offsets.items()]
+        try:
+            self._consumer.commit(offsets=request, asynchronous=True)
+            self._commits_sent.append(dict(offsets))
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.fatal():
+                raise FatalError(f"kafka commit: {error.str()}") from None
+            self._commit_answers.append(CommitOutcome(
+                refused={tp: error.str() for tp in offsets}, during_rebalance=error.code() in _REBALANCE_CODES
+            ))
+
+    def commit_answers(self) -> list[CommitOutcome]:
+        """The answers to `send_commit` received since the last call, in the order they came."""
+        answers, self._commit_answers = self._commit_answers, []
+        return answers
+
     def commit(self, offsets: Mapping[TopicPartition, int]) -> CommitOutcome:
-        """Commit synchronously. A refusal (rebalance, broker away) is returned, not raised: the offsets
-        stay pending and the records are replayed harmlessly if the partition moves. Fatal errors raise."""
+        """Commit synchronously (inside a revoke callback, which must not poll). A refusal (rebalance,
+        broker away) is returned, not raised: the offsets stay pending and the records are replayed
+        harmlessly if the partition moves. Fatal errors raise."""
         if not offsets:
             return CommitOutcome()
         request = [KafkaPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -144,17 +187,7 @@ class KafkaSource:
             return CommitOutcome(
                 refused={tp: error.str() for tp in offsets}, during_rebalance=error.code() in _REBALANCE_CODES
             )
-        committed: dict[TopicPartition, int] = {}
-        refused: dict[TopicPartition, str] = {}
-        rebalance = False
-        for partition in result or []:
-            key = (partition.topic, partition.partition)
-            if partition.error is not None:
-                refused[key] = partition.error.str()
-                rebalance = rebalance or partition.error.code() in _REBALANCE_CODES
-            else:
-                committed[key] = partition.offset
-        return CommitOutcome(committed, refused, rebalance)
+        return _outcome(result or [], None)
 
     def high_watermark(self, partition: TopicPartition) -> int | None:
         """The high watermark last seen in a fetch response (no broker round trip)."""
@@ -164,9 +197,36 @@ class KafkaSource:
             return None
         return int(high) if high is not None and high >= 0 else None
 
-    def close(self) -> None:
-        """Leave the group. Offsets are not committed here; the runner committed what was handled."""
+    def close(self, timeout_s: float) -> None:
+        """Leave the group, waiting at most `timeout_s`. Offsets are not committed here; the runner committed
+        what was handled. librdkafka's close did not return within minutes with the broker's path
+        blackholed, so it runs on a daemon thread that is left behind if it has not returned in time
+        (the group then drops us after the session timeout)."""
+        closing = threading.Thread(target=self._close, name="kafka-close", daemon=True)
+        closing.start()
+        closing.join(timeout_s)
+        if closing.is_alive():
+            log.warning("consumer close did not finish in time; the group drops us after its session timeout",
+                        extra={"timeout_s": timeout_s})
+
+    def _close(self) -> None:
         try:
             self._consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed", extra={"error": str(exc)})
+
+
+def _outcome(partitions: list[KafkaPartition], error: KafkaError | None) -> CommitOutcome:
+    """A commit's per-partition answer; a partition without its own error shares the request's `error`."""
+    committed: dict[TopicPartition, int] = {}
+    refused: dict[TopicPartition, str] = {}
+    rebalance = False
+    for partition in partitions:
+        key = (partition.topic, partition.partition)
+        failed = partition.error if partition.error is not None else error
+        if failed is not None:
+            refused[key] = failed.str()
+            rebalance = rebalance or failed.code() in _REBALANCE_CODES
+        else:
+            committed[key] = partition.offset
+    return CommitOutcome(committed, refused, rebalance)

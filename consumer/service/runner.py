@@ -15,6 +15,12 @@ The loop never waits on the database: while a batch is in the sink it keeps poll
 membership and max.poll.interval.ms survive a slow or absent database), and once a closed batch is
 waiting behind the one in flight it pauses every assigned partition until there is room again.
 At most one batch is in flight and one waits, so memory stays bounded and offsets go out in order.
+Offsets go out asynchronously: the broker's answer comes back inside a later poll, so the loop keeps
+polling and beating through a broker outage. One commit is out at a time; one not answered within
+_COMMIT_ANSWER_S (at most the shutdown timeout) counts as refused: its offsets stay pending and go out
+again (if the partition moved meanwhile its next owner replays those records, harmlessly). A revoke
+callback, which must not poll, commits synchronously before it returns; a stop polls (everything
+paused) for the answers until its deadline, and leaves the group within a short grace after it.
 Transient failures retry the same batch after a backoff behind the circuit breaker of the dependency
 that failed (sink or schema registry); they never dead-letter. Permanent errors end the run without
 committing. What happens is reported to a RunnerObserver, per turn or per batch.
@@ -24,6 +30,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from functools import partial
 
@@ -37,7 +44,7 @@ from consumer.errors import (
 )
 from consumer.observability.lag import oldest_timestamp_ms
 from consumer.observability.metrics import Dependency
-from consumer.records import Batch, BatchResult, CloseReason, TopicPartition
+from consumer.records import Batch, BatchResult, CloseReason, CommitOutcome, TopicPartition
 from consumer.roles import Source
 from consumer.service.adaptive import AdaptiveBatchSize
 from consumer.service.batcher import Batcher
@@ -61,6 +68,12 @@ _UNPAUSED_WAIT_S = 1.0
 # A stop that ran out of time cancels the write in the database and waits this long more for it to roll
 # back; one the cancel cannot reach (a peer gone silent) is left to the sink's daemon thread.
 _CANCELLED_WRITE_GRACE_S = 2.0
+# An asynchronous commit not answered in this long (or the shutdown timeout, if shorter) counts as refused
+# and is sent again. librdkafka holds a commit while it waits for the group coordinator (up to the session
+# timeout, or socket.timeout.ms on a blackholed connection); a few seconds keeps a refusal visible early.
+_COMMIT_ANSWER_S = 5.0
+# Leaving the group may wait this long past the stop deadline (it takes milliseconds with a broker).
+_CLOSE_GRACE_S = 2.0
 
 
 class Phase(Enum):
@@ -68,6 +81,15 @@ class Phase(Enum):
     HELD = "held"
     STOPPING = "stopping"
     STOPPED = "stopped"
+
+
+@dataclass
+class _SentCommit:
+    """An asynchronous commit waiting for the broker's answer, and the batches whose offsets it carries."""
+
+    offsets: dict[TopicPartition, int]
+    sent_at: float  # monotonic
+    results: list[BatchResult] = field(default_factory=list)
 
 
 class Runner:
@@ -105,6 +127,11 @@ class Runner:
         self._retry_at = 0.0  # monotonic; a failed batch waits for it (the backoff)
         self._paused: set[TopicPartition] = set()
         self._stop_deadline: float | None = None  # monotonic; set when the stop is first seen
+        self._commit_answer_s = min(_COMMIT_ANSWER_S, shutdown_timeout_s)
+        self._commit_sent: _SentCommit | None = None
+        self._unreported: list[BatchResult] = []  # went through; reported once a commit carrying them is answered
+        self._given_up = 0  # commits counted as refused whose late answers are still due (answered in order)
+        self._revoking = False  # inside a revoke callback: commits are synchronous
         self._view = _LagView(source, offsets, batcher, self._hand, self._paused)
         self._observer.breakers_changed(breakers)
 
@@ -131,6 +158,7 @@ class Runner:
             return
         self._hold_or_release()  # a batch still queued behind a long write: pause before polling for more
         records = self._source.poll(self._batcher.room(), self._poll_timeout())
+        self._take_commit_answers()
         held = self._phase is Phase.HELD  # held, it polls only to stay in the group; nothing is kept
         if not held:
             self._hand.extend(self._batcher.add(records))
@@ -156,7 +184,7 @@ class Runner:
         if uncommitted:
             self._cancel_stuck_write()
             self._observer.stop_timed_out()
-        self._source.close()
+        self._source.close(max(0.0, self._deadline() - self._clock.monotonic()) + _CLOSE_GRACE_S)
         if not uncommitted:
             self._observer.stopped(held)
         return 1 if uncommitted else 0
@@ -195,8 +223,8 @@ class Runner:
             self._collect(finished)
         if self._hand.in_flight is None and self._hand.waiting and self._may_try():
             self._start_next()
-        elif self._offsets.pending() and self._hand.in_flight is None and self._phase is not Phase.HELD:
-            self._commit()  # an earlier commit was refused; try again while idle
+        elif self._offsets.pending() and self._commit_sent is None and self._phase is not Phase.HELD:
+            self._commit()  # an earlier commit was refused or not answered; send the offsets again
 
     def _start_next(self) -> None:
         batch, decoded = self._hand.next()
@@ -261,15 +289,61 @@ class Runner:
         self._hold_or_release()
 
     def _commit(self, result: BatchResult | None = None) -> None:
+        """Send the pending offsets, unless a commit is out already (they go with the next one); inside a
+        revoke callback commit them synchronously instead."""
+        if result is not None:
+            self._unreported.append(result)
+        if self._revoking:
+            self._commit_now()
+            return
+        if self._commit_sent is None and self._offsets.pending():
+            self._commit_sent = _SentCommit(self._offsets.pending(), self._clock.monotonic(), self._unreported)
+            self._unreported = []
+            self._source.send_commit(self._commit_sent.offsets)
+            self._take_commit_answers()  # a refusal may be known at once
+        elif self._commit_sent is None:  # nothing pending (all lost or committed already): nothing to wait for
+            self._report_batches(self._unreported, 0.0)
+            self._unreported = []
+
+    def _commit_now(self) -> None:
         started = self._clock.monotonic()
         outcome = self._source.commit(self._offsets.pending())
-        self._offsets.committed(outcome.committed)
+        results, self._unreported = self._unreported, []
+        self._answered(outcome, results, self._clock.monotonic() - started)
+
+    def _take_commit_answers(self) -> None:
+        """Apply the answers the last poll served; give up on a commit out longer than _COMMIT_ANSWER_S."""
+        for outcome in self._source.commit_answers():
+            if self._given_up:  # the late answer to a commit counted as refused: what it committed counts
+                self._given_up -= 1
+                self._answered(replace(outcome, refused={}), [], 0.0)
+                continue
+            sent, self._commit_sent = self._commit_sent, None
+            if sent is None:
+                self._answered(outcome, [], 0.0)
+            else:
+                self._answered(outcome, sent.results, self._clock.monotonic() - sent.sent_at)
+        sent = self._commit_sent
+        if sent is not None and self._clock.monotonic() - sent.sent_at >= self._commit_answer_s:
+            self._commit_sent = None
+            self._given_up += 1
+            silent = f"no answer within {self._commit_answer_s:g} s"
+            self._answered(CommitOutcome(refused=dict.fromkeys(sent.offsets, silent)), sent.results,
+                           self._clock.monotonic() - sent.sent_at)
+
+    def _answered(self, outcome: CommitOutcome, results: list[BatchResult], commit_seconds: float) -> None:
+        assigned = self._offsets.assigned
+        committed = {tp: offset for tp, offset in outcome.committed.items() if tp in assigned}
+        self._offsets.committed(committed)
         if outcome.refused:
             self._observer.commit_refused(outcome)
-        if result is not None:
-            self._observer.batch_committed(result, self._clock.monotonic() - started)
-        if outcome.committed:
-            self._observer.offsets_committed(outcome.committed, self._view)
+        self._report_batches(results, commit_seconds)
+        if committed:
+            self._observer.offsets_committed(committed, self._view)
+
+    def _report_batches(self, results: list[BatchResult], commit_seconds: float) -> None:
+        for result in results:
+            self._observer.batch_committed(result, commit_seconds)
 
     def _hold_or_release(self) -> None:
         """Pause everything while a closed batch waits (sink busy, retrying or breaker open) or the guard
@@ -299,8 +373,16 @@ class Runner:
         more is committed: the next owner replays them from their last commit; stopped, nothing is left."""
         self._observer.partitions_revoked(partitions)
         self._hand.add(self._batcher.take(partitions, CloseReason.REVOKE))
-        if self._phase in (Phase.RUNNING, Phase.STOPPING) and not self._finish_in_hand():
-            self._observer.revoke_left_uncommitted()
+        if self._phase in (Phase.RUNNING, Phase.STOPPING):
+            self._revoking = True
+            try:
+                finished = self._finish_in_hand()
+                if self._offsets.pending():  # also offsets sent asynchronously and not answered yet
+                    self._commit_now()
+            finally:
+                self._revoking = False
+            if not finished:
+                self._observer.revoke_left_uncommitted()
         self._release(partitions)
 
     def on_lost(self, partitions: list[TopicPartition]) -> None:
@@ -321,8 +403,26 @@ class Runner:
         self._phase = Phase.STOPPING
         self._hand.add(self._batcher.flush(CloseReason.SHUTDOWN))
         self._observer.finishing(len(self._hand))
-        if self._finish_in_hand() and self._offsets.pending():
-            self._commit()
+        if self._finish_in_hand():
+            self._await_commit_answers()
+
+    def _await_commit_answers(self) -> None:
+        """Poll, everything paused, for the answers to the commits sent, sending the pending offsets again
+        after a refusal, until nothing is pending or the stop deadline passes. A record a poll still hands
+        out is dropped: never committed, it is the next owner's."""
+        unpaused = self._offsets.assigned - self._paused
+        if unpaused:
+            self._source.pause(unpaused)
+            self._paused |= unpaused
+        deadline = self._deadline()
+        while self._offsets.pending() and self._phase is Phase.STOPPING:
+            left = deadline - self._clock.monotonic()
+            if left <= 0:
+                break
+            if self._commit_sent is None:
+                self._commit()
+            self._source.poll(1, min(left, _IN_FLIGHT_POLL_S))
+            self._take_commit_answers()
 
     def _finish_in_hand(self) -> bool:
         """Process and commit the in-flight and waiting batches, retrying transient failures, for up to

@@ -439,6 +439,67 @@ def test_broker_connection_cut_recovers_by_itself_with_exact_counts(
     assert committed_offsets(bootstrap, group, topic, PARTITIONS) == writer.end_offsets
 
 
+LIVENESS_WINDOW_S = 5  # shorter than the cut: a loop held in a commit for the cut would fail /healthz
+STOP_TIMEOUT_MS = 5000
+
+
+@POSTGRES_ONLY
+@pytest.mark.timeout(420)
+@pytest.mark.parametrize("mode", ["reset", "blackhole"])
+def test_during_a_broker_cut_the_loop_stays_live_and_a_sigterm_stops_it_within_the_shutdown_timeout(
+    proxied_broker: tuple[str, TcpProxy],
+    unique: Callable[[str], str],
+    sink_url: str,
+    sink_table: str,
+    service: StartService,
+    mode: CutMode,
+) -> None:
+    """The commit never holds the poll loop: through a cut under load `/healthz` stays 200 past the
+    liveness window (refused: `/readyz` 503 `broker unreachable`; blackholed, librdkafka notices only after
+    socket.timeout.ms), and SIGTERM during the cut exits within the shutdown timeout plus the close grace,
+    which the harness's wait bounds. A restart after the cut writes every record once and commits to the end."""
+    bootstrap, proxy = proxied_broker
+    rng = random.Random(5)
+    topic = create_topic(bootstrap, unique("topic"), PARTITIONS)
+    create_topic(bootstrap, f"{topic}.dlq", 1)
+    writer = TopicWriter(bootstrap, topic)
+    traffic = Traffic(writer)
+    group = unique("group")
+    env = service_env(
+        bootstrap, topic, group, sink_url, sink_table, BATCH_MAX_RECORDS="500",
+        LIVENESS_WINDOW_S=str(LIVENESS_WINDOW_S), SHUTDOWN_TIMEOUT_MS=str(STOP_TIMEOUT_MS), **QUICK_RETRIES,
+    )
+    traffic.send_mixed(range(2000), poison=0, rng=rng)
+    svc = service(env)
+    wait_committed(bootstrap, group, writer, [svc])
+
+    traffic.send_mixed(range(2000, 22_000), poison=0, rng=rng)
+    wait_until(lambda: rows_or_zero(sink_url, sink_table), 120, "the run under way", until=lambda n: n >= 6000)
+    proxy.cut(mode)
+
+    def live() -> None:
+        assert svc.running, svc.log_tail()
+        assert svc.http_get("/healthz")[0] == 200, svc.log_tail()
+
+    if mode == "reset":
+        wait_until(lambda: (live(), svc.http_get("/readyz"))[1], 60, "/readyz: broker unreachable",
+                   until=lambda answer: answer[0] == 503 and "broker unreachable" in answer[1])
+    hold(3 * LIVENESS_WINDOW_S, live, "the cut to outlast the liveness window")
+
+    # Exit 0: the cut outlasted the 6 s session, so librdkafka declared the partitions lost and nothing
+    # of ours is left to commit (a stop with offsets still pending exits 1 at the deadline, see the unit
+    # tests). A stop that hangs fails in terminate()'s wait, well inside the test's timeout.
+    assert svc.terminate(timeout_s=STOP_TIMEOUT_MS / 1000 + 15) == 0, svc.log_tail()
+    assert "Traceback" not in svc.log_text()
+
+    proxy.restore()
+    restarted = service(env)
+    wait_committed(bootstrap, group, writer, [restarted], timeout_s=240)
+    assert_one_row_per_key(sink_url, sink_table, len(traffic.valid_ids))
+    assert committed_offsets(bootstrap, group, topic, PARTITIONS) == writer.end_offsets
+    assert restarted.terminate() == 0
+
+
 # --- 4. rows the table rejects --------------------------------------------------------------------------
 
 

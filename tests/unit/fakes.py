@@ -41,7 +41,12 @@ class FakeSource:
         self.calls: list[str] = []  # poll, commit, close and the callbacks served inside them, in order
         self._lock = threading.Lock()
         self.paused: set[TopicPartition] = set()
-        self.commits: list[dict[TopicPartition, int]] = []
+        self.commits: list[dict[TopicPartition, int]] = []  # answered as committed, in order
+        self.sync_commits = 0
+        self.silent = False  # send_commit gets no answer (a broker away) while set
+        self.unanswered: list[dict[TopicPartition, int]] = []
+        self._answers: list[CommitOutcome] = []
+        self.close_timeout_s: float | None = None
         self.polls = 0
         self.pause_calls = 0
         self.timeouts: list[float] = []
@@ -127,7 +132,31 @@ class FakeSource:
             return CommitOutcome()
         self._serve("commit")
         self.commits.append(dict(offsets))
+        self.sync_commits += 1
         return CommitOutcome(committed=dict(offsets))
+
+    def send_commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Answered at once (as if served by the next poll), unless `silent`: then held in `unanswered`
+        until `answer_late()`, like a commit waiting for a coordinator that is away."""
+        if not offsets:
+            return
+        self._serve("commit")  # "commit" staging serves inside either kind of commit
+        if self.silent:
+            self.unanswered.append(dict(offsets))
+            return
+        self.commits.append(dict(offsets))
+        self._answers.append(CommitOutcome(committed=dict(offsets)))
+
+    def answer_late(self) -> None:
+        """The commits held while `silent` get their (successful) answers, in order, at the next take."""
+        for offsets in self.unanswered:
+            self.commits.append(offsets)
+            self._answers.append(CommitOutcome(committed=offsets))
+        self.unanswered.clear()
+
+    def commit_answers(self) -> list[CommitOutcome]:
+        answers, self._answers = self._answers, []
+        return answers
 
     def high_watermark(self, partition: TopicPartition) -> int | None:
         return self.high_watermarks.get(partition)  # set by a test of lag; librdkafka's cache otherwise
@@ -135,8 +164,9 @@ class FakeSource:
     def group_committed(self, partition: TopicPartition) -> int | None:
         return None
 
-    def close(self) -> None:
+    def close(self, timeout_s: float) -> None:
         self._serve("close")
+        self.close_timeout_s = timeout_s
         self.closed = True
 
     def last_committed(self) -> dict[TopicPartition, int]:

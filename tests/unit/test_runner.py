@@ -35,7 +35,7 @@ from consumer.service.executor import SinkThread
 from consumer.service.offsets import OffsetTracker
 from consumer.service.ratelimit import TokenBucket
 from consumer.service.retry import Backoff
-from consumer.service.runner import Phase, Runner
+from consumer.service.runner import _CLOSE_GRACE_S, _COMMIT_ANSWER_S, Phase, Runner
 
 TOPIC = "t"
 PARTITIONS = [(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)]
@@ -390,7 +390,7 @@ def test_on_revoked_mid_batch_writes_and_commits_what_is_in_hand_for_them_before
     assert stepped.source.last_committed() == {P0: 55, P1: 5}
     assert stepped.metric("consumer_batches_closed_total", reason="revoke") == 1
     assert stepped.metric("consumer_rebalances_total", kind="revoke") == 1
-    assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") is None  # released
+    assert not stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0")  # released
     assert stepped.runner.phase is Phase.RUNNING
 
 
@@ -519,7 +519,7 @@ def test_a_revoke_during_an_outage_gives_up_at_the_timeout_and_releases_the_part
     stepped.runner.turn()
     assert SHUTDOWN_S <= stepped.clock.monotonic() - revoked_at < SHUTDOWN_S + 1
     assert len(stepped.pipeline.attempts) > 10 and stepped.source.commits == []
-    assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") is None
+    assert not stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0")
 
 
 def test_a_revoke_while_a_write_hangs_waits_the_shutdown_timeout_and_leaves_the_write_uncancelled(
@@ -574,8 +574,9 @@ def test_a_revoke_served_inside_a_commit_while_stopping_shares_the_stop_deadline
     stopped_at = stepped.clock.monotonic()
     assert stepped.runner.shut_down() == 1
     assert stepped.clock.monotonic() - stopped_at == pytest.approx(SHUTDOWN_S)
-    assert _inside(stepped.source.calls, "on_revoked") == []  # batch 2 never finished: nothing more committed
-    assert stepped.source.commits == [{P0: BATCH}]
+    # batch 2 never finished: the revoke commits (synchronously) only batch 1's offsets, sent but unanswered
+    assert _inside(stepped.source.calls, "on_revoked") == ["commit"]
+    assert stepped.source.commits == [{P0: BATCH}, {P0: BATCH}]
 
 
 def test_dead_letters_the_broker_did_not_take_are_the_brokers_failure_not_the_sinks() -> None:
@@ -640,3 +641,80 @@ def test_records_a_poll_brought_have_their_age_in_the_lag_refresh_of_that_turn(s
     stepped.clock.advance(2)  # a lag refresh is due on the next turn
     stepped.runner.turn()
     assert stepped.metric("consumer_lag_seconds", topic=TOPIC, partition="0") == pytest.approx(7.0, abs=0.5)
+
+
+# --- a commit the broker does not answer -------------------------------------------------------------------
+
+
+def _collected_with_an_unanswered_commit(stepped: Stepped) -> None:
+    """Batch 1 goes through; its commit is sent and gets no answer (the broker is away)."""
+    stepped.source.silent = True
+    stepped.source.feed(P0, BATCH)
+    stepped.runner.turn()  # batch 1 in flight
+    stepped.executor.finish()
+    stepped.runner.turn()  # collected: its commit goes out, unanswered
+    assert stepped.source.unanswered == [{P0: BATCH}] and stepped.source.commits == []
+
+
+def test_an_unanswered_commit_keeps_the_loop_polling_and_counts_as_refused_after_the_bound(stepped: Stepped) -> None:
+    """The loop polls and beats on while the commit waits; after _COMMIT_ANSWER_S it counts as refused (the
+    offsets stay pending) and goes out again, once: never two at a time, never a commit per turn."""
+    _collected_with_an_unanswered_commit(stepped)
+    polls = stepped.source.polls
+    for _ in range(20):
+        stepped.runner.turn()
+    assert stepped.source.polls == polls + 20  # every turn polled: none of them waited on the commit
+    assert stepped.health.live()
+    assert stepped.source.unanswered == [{P0: BATCH}]  # one commit out, not one per turn
+    assert stepped.metric("consumer_commit_failures_total") == 0
+
+    stepped.clock.advance(_COMMIT_ANSWER_S)
+    stepped.runner.turn()  # given up on: refused; sent again
+    assert stepped.metric("consumer_commit_failures_total") == 1
+    assert stepped.source.unanswered == [{P0: BATCH}, {P0: BATCH}]
+    assert not stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0")
+    assert stepped.metric("consumer_batches_total", outcome="committed") == 1  # its offsets went out
+
+    stepped.source.silent = False
+    stepped.source.answer_late()  # the broker is back: both answers come, the late one first
+    stepped.runner.turn()
+    assert stepped.metric("consumer_committed_offset", topic=TOPIC, partition="0") == BATCH
+    assert stepped.metric("consumer_commit_failures_total") == 1
+    stepped.runner.turn()
+    assert stepped.source.commits == [{P0: BATCH}, {P0: BATCH}]  # nothing pending: nothing more sent
+
+
+def test_a_stop_while_the_commit_is_unanswered_exits_1_at_the_stop_deadline(stepped: Stepped) -> None:
+    """The final commit waits for its answer only until the stop deadline; leaving the group then gets
+    only _CLOSE_GRACE_S more."""
+    _collected_with_an_unanswered_commit(stepped)
+    stepped.stop.set()
+    stopped_at = stepped.clock.monotonic()
+    assert stepped.runner.shut_down() == 1
+    assert stepped.clock.monotonic() - stopped_at == pytest.approx(SHUTDOWN_S, abs=0.1)
+    assert stepped.source.paused == set(PARTITIONS)  # it polled for the answer with nothing to fetch
+    assert stepped.source.commits == [] and stepped.source.closed
+    assert stepped.source.close_timeout_s == pytest.approx(_CLOSE_GRACE_S, abs=0.1)
+
+
+def test_a_stop_whose_commit_is_answered_late_exits_0(stepped: Stepped) -> None:
+    _collected_with_an_unanswered_commit(stepped)
+
+    def broker_back(_listener: object) -> None:
+        stepped.source.silent = False
+        stepped.source.answer_late()
+
+    stepped.source.serve_in("poll", broker_back)
+    stepped.stop.set()
+    assert stepped.runner.shut_down() == 0
+    assert stepped.source.commits == [{P0: BATCH}]
+
+
+def test_a_revoke_commits_synchronously_what_an_unanswered_commit_carries_before_it_returns(
+    stepped: Stepped,
+) -> None:
+    _collected_with_an_unanswered_commit(stepped)
+    stepped.source.revoke([P0])
+    stepped.runner.turn()
+    assert _inside(stepped.source.calls, "on_revoked") == ["commit"]
+    assert stepped.source.sync_commits == 1 and stepped.source.commits == [{P0: BATCH}]
