@@ -58,6 +58,7 @@ class RunnerEvents:
         self._clock = clock
         self._lag = lag or LagMonitor(metrics, clock, LAG_REFRESH_S)
         self._breaker_states: dict[Dependency, BreakerState] = {}
+        self._commits_refused = 0  # in a row, since the last accepted commit: one warning per incident
 
     # --- the loop ----------------------------------------------------------------------------------
     def polled(self, view: LagInputs) -> None:
@@ -144,12 +145,18 @@ class RunnerEvents:
                                             "reason": batch.close_reason.value})
 
     def commit_refused(self, outcome: CommitOutcome) -> None:
+        """Counted each time; logged once until a commit is accepted again (a broker outage refuses or
+        leaves unanswered a commit every few seconds: no line per retry)."""
         self._metrics.commit_failures_total.inc()
-        log.warning("offset commit refused; records will be replayed harmlessly if the partition moved",
-                    extra={"during_rebalance": outcome.during_rebalance, "errors": sorted(
-                        set(outcome.refused.values()))})
+        self._commits_refused += 1
+        level = logging.WARNING if self._commits_refused == 1 else logging.DEBUG
+        log.log(level, "offset commit refused; records will be replayed harmlessly if the partition moved",
+                extra={"during_rebalance": outcome.during_rebalance, "errors": sorted(set(outcome.refused.values()))})
 
     def offsets_committed(self, offsets: Mapping[TopicPartition, int], view: LagInputs) -> None:
+        if self._commits_refused > 1:
+            log.info("offset commits accepted again", extra={"refused_in_a_row": self._commits_refused})
+        self._commits_refused = 0
         now = self._clock.wall()
         self._metrics.last_commit_timestamp_seconds.set(now)
         for (topic, partition), offset in offsets.items():

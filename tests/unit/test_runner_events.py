@@ -192,6 +192,22 @@ def test_commit_refusals_pauses_and_adapted_sizes_set_their_metrics(
         ("WARNING", "offset commit refused; records will be replayed harmlessly if the partition moved")]
 
 
+def test_commit_refusals_in_a_row_warn_once_and_an_accepted_commit_ends_the_incident(
+    observed: Observed, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A broker outage refuses (or leaves unanswered) a commit every few seconds: counted each time, one
+    WARNING per incident, then one INFO when a commit goes through; the next incident warns again."""
+    silent = CommitOutcome(refused={(TOPIC, 0): "no answer within 5 s"})
+    for _ in range(4):
+        observed.events.commit_refused(silent)
+    observed.events.offsets_committed({(TOPIC, 0): 10}, View())
+    observed.events.commit_refused(silent)
+    assert observed.value("consumer_commit_failures_total") == 5
+    refused = "offset commit refused; records will be replayed harmlessly if the partition moved"
+    assert [m for m in _messages(caplog) if m[0] != "DEBUG"] == [
+        ("WARNING", refused), ("INFO", "offset commits accepted again"), ("WARNING", refused)]
+
+
 def test_stopping_marks_the_service_shutting_down_and_logs_how_it_ended(
     observed: Observed, caplog: pytest.LogCaptureFixture
 ) -> None:
