@@ -116,8 +116,9 @@ class RunnerEvents:
     def batch_size_adapted(self, max_records: int) -> None:
         self._metrics.batch_max_records.set(max_records)
 
-    def batch_committed(self, result: BatchResult, commit_seconds: float) -> None:
-        """Batch-level metric updates only: the hot path does no per-record metric work."""
+    def batch_through(self, result: BatchResult) -> None:
+        """Outcome counts, batch-level only (the hot path does no per-record metric work), before the commit
+        goes out: whoever sees the commit at the broker finds the records already counted."""
         self._health.sink_ok = True
         m, batch = self._metrics, result.batch
         for topic, counts in result.counts.items():
@@ -133,6 +134,12 @@ class RunnerEvents:
         m.batches_closed_total.labels(batch.close_reason.value).inc()
         m.batch_duration_seconds.labels(BatchStage.DECODE.value).observe(result.decode_seconds)
         m.batch_duration_seconds.labels(BatchStage.SINK.value).observe(result.sink_seconds)
+        self._status.counted(result)
+
+    def batch_committed(self, result: BatchResult, commit_seconds: float) -> None:
+        """The commit carrying the batch was answered (or given up on): its commit and total durations and
+        the end-to-end latency of its oldest and newest record."""
+        m, batch = self._metrics, result.batch
         m.batch_duration_seconds.labels(BatchStage.COMMIT.value).observe(commit_seconds)
         total_seconds = self._clock.monotonic() - batch.opened_at
         m.batch_duration_seconds.labels(BatchStage.TOTAL.value).observe(total_seconds)

@@ -107,7 +107,19 @@ class StatusBoard:
         if self._clock.monotonic() >= self._next_summary_at:
             self._log_summary(paused=len(paused))
 
+    def counted(self, result: BatchResult) -> None:
+        """A batch's outcomes in the totals, once it went through (its commit is sent, not yet answered)."""
+        for counts in result.counts.values():
+            for outcome in Outcome:
+                self._totals.outcomes[outcome.value] += getattr(counts, outcome.value)
+        self._totals.batches += 1
+        self._snapshot["totals"] = {"records": dict(self._totals.outcomes), "batches": self._totals.batches}
+        self._recent.append((self._clock.monotonic(), len(result.batch)))
+        self._refresh_rate()
+        self._publish()
+
     def batch(self, result: BatchResult, commit_seconds: float = 0.0, total_seconds: float = 0.0) -> None:
+        """The last batch whose commit was answered (or given up on), with its durations."""
         batch = result.batch
         self._snapshot["last_batch"] = {
             "id": batch.batch_id, "records": len(batch), "bytes": batch.value_bytes,
@@ -116,13 +128,6 @@ class StatusBoard:
             "commit_seconds": round(commit_seconds, 6), "total_seconds": round(total_seconds, 6),
             "committed_at": self._clock.wall(),
         }
-        for counts in result.counts.values():
-            for outcome in Outcome:
-                self._totals.outcomes[outcome.value] += getattr(counts, outcome.value)
-        self._totals.batches += 1
-        self._snapshot["totals"] = {"records": dict(self._totals.outcomes), "batches": self._totals.batches}
-        self._recent.append((self._clock.monotonic(), len(batch)))
-        self._refresh_rate()
         self._publish()
 
     def breaker(self, dependency: str, state: BreakerState, since: float) -> None:

@@ -48,8 +48,12 @@ class RunnerObserver(Protocol):
     def batch_size_adapted(self, max_records: int) -> None:
         """BATCH_TARGET_LATENCY_MS set the record count batches close at."""
 
+    def batch_through(self, result: BatchResult) -> None:
+        """A batch went through (written, its dead letters acknowledged); its offsets go out next. Its
+        outcomes count from here, so they are counted before the broker shows the commit."""
+
     def batch_committed(self, result: BatchResult, commit_seconds: float) -> None:
-        """A batch went through (every dependency answered) and its offsets were committed, or refused."""
+        """The commit carrying a batch that went through was answered (taken or refused) or given up on."""
 
     def commit_refused(self, outcome: CommitOutcome) -> None:
         """The broker refused some offsets; they stay pending (replayed harmlessly if the partition moved)."""

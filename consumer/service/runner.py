@@ -265,6 +265,7 @@ class Runner:
             self._batcher.set_max_records(limit)
             self._observer.batch_size_adapted(limit)
         self._offsets.handled(result.next_offsets)
+        self._observer.batch_through(result)
         self._commit(result)
 
     def _retry_later(self, batch: Batch, exc: TransientError) -> None:
@@ -285,6 +286,10 @@ class Runner:
         self._view.let_go(batch.records[0].timestamp_ms if batch.records else -1)
         self._hand.drop_waiting()
         dropped = len(batch) + len(self._batcher.flush(CloseReason.SHUTDOWN) or ())
+        # The batches that went through before it are committed, as they would have been without the trip:
+        # once the guard shows tripped, the group's offsets stand where the service stopped.
+        if not self._revoking:  # inside a revoke callback commits are synchronous, and polling is not allowed
+            self._await_commit_answers(self._clock.monotonic() + self._commit_answer_s)
         self._observer.guard_tripped(batch, exc, dropped)
         self._hold_or_release()
 
@@ -404,18 +409,20 @@ class Runner:
         self._hand.add(self._batcher.flush(CloseReason.SHUTDOWN))
         self._observer.finishing(len(self._hand))
         if self._finish_in_hand():
-            self._await_commit_answers()
+            self._await_commit_answers(self._deadline())
 
-    def _await_commit_answers(self) -> None:
+    def _await_commit_answers(self, deadline: float) -> None:
         """Poll, everything paused, for the answers to the commits sent, sending the pending offsets again
-        after a refusal, until nothing is pending or the stop deadline passes. A record a poll still hands
-        out is dropped: never committed, it is the next owner's."""
+        after a refusal, until nothing is pending or `deadline` passes (stopping or held: a rebalance
+        served meanwhile may change the phase, and ends the wait). A record a poll still hands out is
+        dropped: never committed, it is the next owner's."""
         unpaused = self._offsets.assigned - self._paused
         if unpaused:
             self._source.pause(unpaused)
             self._paused |= unpaused
-        deadline = self._deadline()
-        while self._offsets.pending() and self._phase is Phase.STOPPING:
+            self._observer.partitions_paused(self._paused)
+        phase = self._phase
+        while self._offsets.pending() and self._phase is phase:
             left = deadline - self._clock.monotonic()
             if left <= 0:
                 break

@@ -106,6 +106,7 @@ def test_a_committed_batch_counts_records_batches_durations_and_marks_the_sink_a
     counts = {TOPIC: TopicCounts(sunk=2, dlq=1)}
     result = BatchResult(batch, batch.next_offsets(), counts, dead_letters=1,
                          dead_letter_kinds={("decode", "DecodeError"): 1})
+    observed.events.batch_through(result)
     observed.events.batch_committed(result, 0.25)
     observed.events.offsets_committed({(TOPIC, 0): 3}, View())
     assert observed.value("consumer_records_total", topic=TOPIC, outcome="sunk") == 2

@@ -45,6 +45,7 @@ def test_status_shows_partitions_batch_breaker_error_guard_and_drain_estimate() 
     board.assignment([("t", 0), ("t", 1)])
     board.committed({("t", 0): 100}, at=clock.wall())
     clock.advance(10)
+    board.counted(_result(100))
     board.batch(_result(100), commit_seconds=0.125, total_seconds=1.5)
     board.partitions(
         [PartitionLag("t", 0, 100, 1100, 1000, 12.5), PartitionLag("t", 1, 7, 7, 0, 0.0)], paused={("t", 0)}
@@ -127,7 +128,7 @@ def test_summary_is_logged_once_per_interval_with_rates_lag_and_outcomes(
     clock = FakeClock()
     _, board = _board(clock, summary_s=30.0)
     caplog.set_level(logging.INFO, logger="consumer.observability.status")
-    board.batch(_result(300))
+    board.counted(_result(300))
     clock.advance(29)
     board.partitions([PartitionLag("t", 0, 0, 40, 40, 2.5)], paused={("t", 0)})
     assert not [r for r in caplog.records if r.getMessage() == "summary"]
