@@ -114,9 +114,12 @@ def test_two_workers_drain_a_topic_exactly_and_stop_cleanly(
     assert svc.metric_sum("consumer_records_total", outcome="duplicate") == 0
     assert svc.metric("consumer_worker_restarts_total", worker="0") == 0
     assert svc.metric("consumer_workers_running") == 2
-    committed_gauges = {dict(labels)["partition"]: value for (name, labels), value in svc.metrics().items()
-                        if name == "consumer_committed_offset"}
-    assert committed_gauges == {str(p): float(end) for p, end in writer.end_offsets.items()}
+    # a worker sets its gauge when the broker's answer to its commit is served by its next poll, just after
+    # the broker shows the commit
+    ends = {str(p): float(end) for p, end in writer.end_offsets.items()}
+    wait_until(lambda: {dict(labels)["partition"]: value for (name, labels), value in svc.metrics().items()
+                        if name == "consumer_committed_offset"}, 30, "committed-offset gauges at the end offsets",
+               until=lambda gauges: gauges == ends)
     # each worker held its own share, and the supervisor's /status shows the union, all committed
     union = _status(svc)["assignment"]
     assert sorted((e["worker"], _name(e)) for e in union) == sorted(
