@@ -18,6 +18,7 @@ from typing import Any
 
 import fastavro
 import pytest
+from support.avro_bytes import long_bytes
 from support.db import count_rows
 from support.kafka import Msg, committed_offsets, read_all
 from support.runs import service_env, setup_topic
@@ -38,30 +39,21 @@ GOOD_BEFORE, GOOD_AFTER = 100, 100
 DEEP_LEVELS = 50_000  # fastavro's C reader overflowed the C stack from about 10,000
 
 
-def _long(n: int) -> bytes:
-    zigzag, out = (n << 1) ^ (n >> 63), bytearray()
-    while zigzag > 0x7F:
-        out.append((zigzag & 0x7F) | 0x80)
-        zigzag >>= 7
-    out.append(zigzag)
-    return bytes(out)
-
-
 def _text(value: str) -> bytes:
     data = value.encode()
-    return _long(len(data)) + data
+    return long_bytes(len(data)) + data
 
 
 def deep_value(levels: int) -> bytes:
     """`levels` records each holding the next: (id, branch 1) per level, then the last's null and empty
     flags, then each enclosing record's empty flags."""
-    return (_text("deep") + _long(1) + (_text("") + _long(1)) * (levels - 1) + _text("") + _long(0) + _long(0)
-            + _long(0) * levels)
+    return (_text("deep") + long_bytes(1) + (_text("") + long_bytes(1)) * (levels - 1) + _text("") + long_bytes(0) + long_bytes(0)
+            + long_bytes(0) * levels)
 
 
 def zero_byte_items_value() -> bytes:
     """id, next null, then one block announcing 2**60 nulls (zero bytes each) and the end block."""
-    return _text("zero") + _long(0) + _long(2**60) + _long(0)
+    return _text("zero") + long_bytes(0) + long_bytes(2**60) + long_bytes(0)
 
 
 def good_value(schema: Any, i: int) -> bytes:

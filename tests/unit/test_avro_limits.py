@@ -12,6 +12,7 @@ from typing import Any
 
 import fastavro
 import pytest
+from support.avro_bytes import long_bytes
 
 from consumer.decode import avro as avro_module
 from consumer.decode.avro import RegistryAvroDecoder, SchemalessAvroDecoder
@@ -31,16 +32,6 @@ from consumer.sql.columns import column_limits
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 NODE = {"type": "record", "name": "Node", "fields": [
     {"name": "id", "type": "long"}, {"name": "next", "type": ["null", "Node"]}]}
-
-
-def long_bytes(n: int) -> bytes:
-    """Avro's zig-zag varint."""
-    zigzag, out = (n << 1) ^ (n >> 63), bytearray()
-    while zigzag > 0x7F:
-        out.append((zigzag & 0x7F) | 0x80)
-        zigzag >>= 7
-    out.append(zigzag)
-    return bytes(out)
 
 
 def deep_node(depth: int) -> bytes:
@@ -136,7 +127,7 @@ def test_a_deep_recursive_value_is_refused_in_a_process_that_survives_it() -> No
     )
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, "-c", code], check=False, cwd=root, capture_output=True, text=True,
-                          timeout=120, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+                          timeout=120, env={"PYTHONPATH": f"{root}:{root / 'tests'}", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "refused: Avro value nested deeper than DECODE_MAX_DEPTH=64" in done.stdout
 
